@@ -97,9 +97,7 @@ class Modality(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Modality:
         if len(self.bands) != self.n_bands:
-            raise ValueError(
-                f"bands lists {len(self.bands)} entries but n_bands is {self.n_bands}"
-            )
+            raise ValueError(f"bands lists {len(self.bands)} entries but n_bands is {self.n_bands}")
         names = self.band_names
         if self.band_groups is not None:
             flat = [b for g in self.band_groups for b in g]
@@ -238,10 +236,12 @@ class Catalog(_Strict):
         try:
             return self.nomenclatures[name]
         except KeyError:
-            raise KeyError(f"unknown nomenclature {name!r}; known: {sorted(self.nomenclatures)}") from None
+            raise KeyError(
+                f"unknown nomenclature {name!r}; known: {sorted(self.nomenclatures)}"
+            ) from None
 
     def source_root(self, name: str = "sample") -> Path:
-        """Resolve a named data source: its env variable wins, else `path` (relative to the YAML)."""
+        """Resolve a named source: its env variable wins, else `path` (relative to the YAML)."""
         if name not in self.sources:
             raise KeyError(f"unknown source {name!r}; known: {sorted(self.sources)}")
         src = self.sources[name]

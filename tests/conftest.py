@@ -1,0 +1,27 @@
+"""Shared fixtures: a small embedded sample written once per test session (real GeoTIFFs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The project's read-only reference folder (`../shared`); tests using it skip without it."""
+    if not SHARED.is_dir():
+        pytest.skip("../shared is not available")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def sample_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic FLAIR-HUB tree in the exact on-disk format (one per test session)."""
+    from flairlab.sample import make_sample
+
+    out = tmp_path_factory.mktemp("flairhub-sample")
+    make_sample(out, n_patches=12, seed=0)
+    return out
