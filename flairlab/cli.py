@@ -1,7 +1,8 @@
 """`flairlab` command line: one sub-command per stage, each defined next to the code it runs.
 
-Every module listed in COMMANDS exposes `add_cli(subparsers)`, which registers its sub-command(s)
-and sets `func` (called with the parsed args; returns an exit code).
+Every module listed in COMMANDS exposes `add_cli(subparsers)`, which registers its sub-command
+and sets `func` (called with the parsed args; returns an exit code). Only the module of the
+command being run is imported, so `flairlab run` does not pay for torch and `--help` is fast.
 """
 
 from __future__ import annotations
@@ -10,22 +11,34 @@ import argparse
 import importlib
 import sys
 
-# module (under flairlab.) that registers each sub-command; imported lazily so `--help` stays fast
-COMMANDS: dict[str, str] = {
-    "check": "flairlab.check",
+# command -> (module that registers it, one-line help shown by `flairlab --help`)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sample": ("flairlab.sample", "write the synthetic FLAIR-HUB sample (exact on-disk format)"),
+    "check": ("flairlab.check", "validate a FLAIR-HUB folder (exit 1 when problems are found)"),
+    "stats": ("flairlab.bandgroups", "band statistics, correlations and discovered band groups"),
+    "pretrain": ("flairlab.train", "pre-train the MAESTRO masked autoencoder"),
+    "finetune": ("flairlab.finetune", "probe / fine-tune / train from scratch, then evaluate"),
+    "predict": ("flairlab.predict", "predict patches / zones and write COGs (+ HTML maps)"),
+    "run": ("flairlab.runner", "run a notebook pipeline with papermill into runs/"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Parser with every command listed; only `command`'s module is imported and registered."""
     parser = argparse.ArgumentParser(prog="flairlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in dict.fromkeys(COMMANDS.values()):
-        importlib.import_module(module).add_cli(sub)
+    for name, (module, help_text) in COMMANDS.items():
+        if name == command:
+            importlib.import_module(module).add_cli(sub)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     return int(args.func(args) or 0)
 
 

@@ -1,0 +1,219 @@
+"""Fine-tuning: label-fraction subsampling, schedule/EMA constants (R6), encoder loading from a
+pre-training checkpoint, probe freezing, fine-tuned checkpoints, and a whole run on the sample."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flairlab.errors import DataError
+from flairlab.finetune import FinetuneConfig, subsample_patches, train_phase
+from flairlab.heads import SegmentationHead
+from flairlab.segmodel import (
+    SegmentationModel,
+    build_encoder,
+    ema_momentum,
+    ema_update,
+    load_finetuned,
+    one_cycle,
+    predict_logits,
+    save_finetuned,
+)
+
+torch.set_num_threads(1)
+GEOM = dict(size="nano", image_size={"aerial": 32, "s2": 10}, patch_size={"aerial": 8, "s2": 2},
+            n_dates={"s2": 3})  # fmt: skip
+
+
+def fake_batch(B: int = 2, aerial: int = 32, s2_dates: int = 3, label: int = 32) -> dict:
+    g = torch.Generator().manual_seed(0)
+    dates = torch.tensor([2021, 100, 0]).repeat(B, s2_dates, 1)
+    dates[:, :, 1] += torch.arange(s2_dates) * 30
+    return {
+        "aerial": torch.rand(B, 1, 4, aerial, aerial, generator=g),
+        "aerial_dates": torch.tensor([[[2021, 180, 0]]]).repeat(B, 1, 1),
+        "s2": torch.rand(B, s2_dates, 10, 10, 10, generator=g),
+        "s2_dates": dates,
+        "ref_date": torch.tensor([[[2021, 180, 0]]]).repeat(B, 1, 1),
+        "cosia": torch.randint(0, 15, (B, label, label), generator=g),
+        "patch_id": [f"p{i}" for i in range(B)],
+    }
+
+
+# -- label fraction ---------------------------------------------------------------------------
+def presence_table() -> np.ndarray:
+    pres = np.zeros((100, 4), bool)
+    pres[:, 0] = True  # everywhere
+    pres[::2, 1] = True  # half of the patches
+    pres[37, 2] = True  # one patch only
+    pres[[5, 80], 3] = True  # two patches
+    return pres
+
+
+def test_label_fraction_reproducible_and_keeps_rare_classes():
+    pres = presence_table()
+    a = subsample_patches(pres, 0.05, seed=3)
+    assert len(a) == 5 and np.array_equal(a, subsample_patches(pres, 0.05, seed=3))
+    assert pres[a].any(0).all()  # every class present in the subset
+    assert 37 in a and ({5, 80} & set(a.tolist()))
+    draws = {tuple(subsample_patches(pres, 0.05, seed=s)) for s in range(10)}
+    assert len(draws) > 1  # the seed matters
+    for s in range(10):  # every class is kept whatever the seed
+        assert pres[subsample_patches(pres, 0.05, seed=s)].any(0).all()
+    assert subsample_patches(pres, 0.01, seed=0).tolist() == [37]  # rarest class first
+    assert len(subsample_patches(pres, 1.0)) == 100
+    with pytest.raises(DataError):
+        subsample_patches(pres, 0.0)
+
+
+# -- optimisation constants -------------------------------------------------------------------
+def test_one_cycle_and_ema_constants():
+    total = 100
+    assert one_cycle(0, total, 1e7) == pytest.approx(1e-3)
+    assert one_cycle(20, total, 1e7) == pytest.approx(1.0)  # peak at 20 % of the steps
+    assert one_cycle(total - 1, total, 1e7) == pytest.approx(1e-7)
+    assert one_cycle(total - 1, total, 2.0) == pytest.approx(0.5)  # fine-tune ends at half
+    lrs = [one_cycle(s, total, 2.0) for s in range(total)]
+    assert all(a <= b for a, b in itertools.pairwise(lrs[:21]))
+    assert ema_momentum(50) == pytest.approx(0.9) and ema_momentum(100) == pytest.approx(0.95)
+    assert ema_momentum(10) == pytest.approx(0.5) and ema_momentum(2) == 0.0
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    expected = 0.5 * a.weight.detach() + 0.5 * b.weight.detach()
+    ema_update(a, b, 0.5)
+    torch.testing.assert_close(a.weight.detach(), expected)
+
+
+# -- encoder, probe, checkpoints --------------------------------------------------------------
+def test_probe_freezes_encoder_and_finetune_trains_it():
+    torch.manual_seed(0)
+    enc, info = build_encoder(None, ["aerial", "s2"], **GEOM)
+    assert info["pretrained"] is None
+    model = SegmentationModel(enc, SegmentationHead(enc.embed_dim, 15, 4, 32), ["aerial", "s2"])
+    batch = fake_batch()
+    assert model(batch).shape == (2, 15, 32, 32)
+    model(batch, frozen=True).logsumexp(1).mean().backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert model.head.proj.weight.grad is not None
+    model.zero_grad()
+    model(batch).logsumexp(1).mean().backward()
+    assert model.encoder.patch_embed["aerial"].proj[0].weight.grad is not None
+
+
+def test_pretrained_checkpoint_subset_and_finetuned_roundtrip(tmp_path):
+    from flairlab.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    mae, _ = build_encoder(None, ["aerial", "s2"], **GEOM)
+    ckpt = save_checkpoint(tmp_path / "ckpt", 5, mae, {"model": mae.config.to_dict()}, {})
+    # subset of modalities and another aerial size: encoder weights come from the checkpoint
+    enc, info = build_encoder(ckpt, ["aerial"], image_size={"aerial": 64})
+    assert info["pretrained"] and enc.config.modalities["aerial"].image_size == 64
+    for name, t in enc.state_dict().items():
+        if name.startswith(("patch_embed.", "encoders.")):
+            torch.testing.assert_close(t, mae.state_dict()[name])
+    with pytest.raises(DataError, match="absent"):
+        build_encoder(ckpt, ["aerial", "dem"])
+    # fine-tuned model: save -> load gives the same logits; predict adapts other geometries
+    model = SegmentationModel(enc, SegmentationHead(enc.embed_dim, 15, 8, 64), ["aerial"]).eval()
+    path = save_finetuned(model, tmp_path / "ft" / "finetuned.safetensors", {"task": "cosia"})
+    loaded, meta = load_finetuned(path)
+    assert meta["task"] == "cosia" and meta["label_size"] == 64
+    batch = fake_batch(aerial=64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch), model(batch))
+    out = predict_logits(loaded, fake_batch(aerial=512), out_size=512)
+    assert out.shape == (2, 15, 512, 512)
+
+
+def test_train_phase_runs_on_fake_loader():
+    torch.manual_seed(0)
+    enc, _ = build_encoder(None, ["aerial", "s2"], **GEOM)
+    model = SegmentationModel(enc, SegmentationHead(enc.embed_dim, 15, 4, 32), ["aerial", "s2"])
+
+    class Loader(list):
+        class dataset:  # noqa: N801  (mimics DataLoader.dataset)
+            @staticmethod
+            def set_epoch(epoch: int) -> None:
+                pass
+
+    loader = Loader([fake_batch(), fake_batch()])
+    cfg = FinetuneConfig(modalities=["aerial", "s2"], probe_epochs=2, finetune_epochs=0)
+    hist = train_phase(model, loader, loader, cfg, "probe", torch.device("cpu"))
+    assert [h["epoch"] for h in hist] == [1, 2] and np.isfinite(hist[0]["train_loss"])
+    assert 0.0 <= hist[-1]["val_miou"] <= 1.0
+
+
+def test_config_validation():
+    assert FinetuneConfig(modalities="aerial, s2").modalities == ["aerial", "s2"]
+    with pytest.raises(DataError):
+        FinetuneConfig(task="landcover")
+    with pytest.raises(DataError):
+        FinetuneConfig(label_fraction=1.5)
+
+
+# -- a whole run on the embedded sample: CLI and notebook -------------------------------------
+@pytest.mark.slow
+def test_cli_finetune_on_sample(sample_root, tmp_path, capsys):
+    from flairlab.cli import main
+
+    out = tmp_path / "run"
+    args = ["finetune", "--root", str(sample_root), "--modalities", "aerial,s2", "--size", "nano",
+            "--image-size", "aerial=32", "--patch-size", "aerial=8", "--n-dates", "s2=3",
+            "--label-size", "32", "--probe-epochs", "1", "--finetune-epochs", "1",
+            "--label-fraction", "0.5", "--output-dir", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert "test mIoU" in capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())
+    assert [h["phase"] for h in res["history"]] == ["probe", "finetune"]
+    assert res["n_train_patches"] == max(1, round(0.5 * res["n_train_total"]))
+    assert set(res["classes_in_train_subset"]) <= set(res["classes_in_full_train"])
+    assert 0.0 <= res["test_miou"] <= 1.0 and res["pretrained"] is False
+    cm = np.array(res["test"]["confusion"])
+    assert cm.shape == (15, 15) and cm.sum() > 0
+    model, meta = load_finetuned(out / "finetuned.safetensors")
+    assert meta["task"] == "cosia" and model.head.out_size == 32
+
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "04_finetune.ipynb"
+
+
+def test_notebook_04_is_generated_and_clean():
+    import importlib.util
+
+    from flairlab.notebooks import notebook_parameters, output_problems, read_notebook
+
+    nb = read_notebook(NOTEBOOK)
+    assert not output_problems(nb)
+    params = notebook_parameters(nb)
+    for name in ("checkpoint", "task", "modalities", "label_fraction", "probe_epochs",
+                 "finetune_epochs", "seed", "output_dir", "source"):  # fmt: skip
+        assert name in params
+    spec = importlib.util.spec_from_file_location("build_04", NOTEBOOK.parent / "_build" /
+                                                  "build_04.py")  # fmt: skip
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert [c.source for c in mod.build().cells] == [c.source for c in nb.cells]
+
+
+@pytest.mark.slow
+def test_notebook_04_runs_with_papermill(sample_root, tmp_path):
+    import papermill as pm
+
+    out = tmp_path / "out"
+    pm.execute_notebook(
+        str(NOTEBOOK), str(tmp_path / "04.ipynb"), kernel_name="python3", progress_bar=False,
+        cwd=str(tmp_path),
+        parameters=dict(source=str(sample_root), modalities="aerial,dem,s2", probe_epochs=1,
+                        finetune_epochs=1, image_size="aerial:32,dem:32",
+                        patch_size="aerial:8,dem:16", n_dates="s2:2", label_size=32,
+                        label_fraction=0.5, n_show=2, output_dir=str(out)),
+    )  # fmt: skip
+    res = json.loads((out / "results.json").read_text())
+    for fig in ("curves", "confusion", "predictions"):
+        assert (out / "figures" / f"{fig}.png").stat().st_size > 1000
+    assert len(res["per_class_test"]) == 15 and 0.0 <= res["test_miou"] <= 1.0
