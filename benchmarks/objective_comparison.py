@@ -135,9 +135,9 @@ def markdown(result: dict) -> str:
         f"(fine-tune base lr {s['finetune_lr']:g}), batch 4, "
         f"labels {s['label_size']} px. Mean ± std over seeds (std = 0 with one seed).",
         "",
-        "| arm | objective | test mIoU | test OA | probe val mIoU | pretrain s / seed |"
-        " final pretrain loss |",
-        "|---|---|---|---|---|---|---|",
+        "| arm | objective | test mIoU | test OA | Δ mIoU vs scratch (paired) | probe val mIoU |"
+        " pretrain s / seed | last-epoch pretrain loss |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for arm, m in result["summary"].items():
 
@@ -145,8 +145,12 @@ def markdown(result: dict) -> str:
             return f"{m[key]['mean']:.4f} ± {m[key]['std']:.4f}"
 
         loss = m.get("final_pretrain_loss")
+        delta = "–"
+        if "delta_test_miou_vs_scratch" in m:
+            d = m["delta_test_miou_vs_scratch"]
+            delta = f"{d['mean']:+.4f} ± {d['std']:.4f}"
         lines.append(
-            f"| {arm} | {m['objective']} | {f('test_miou')} | {f('test_oa')} | "
+            f"| {arm} | {m['objective']} | {f('test_miou')} | {f('test_oa')} | {delta} | "
             f"{f('probe_val_miou')} | {m.get('pretrain_seconds', 0):.0f} | "
             f"{'–' if loss is None else f'{loss:.4f}'} |"
         )
@@ -222,6 +226,11 @@ def main() -> None:
             m["pretrain_seconds"] = float(np.mean([r["pretrain"]["seconds"] for r in rows]))
             m["final_pretrain_loss"] = float(
                 np.mean([r["pretrain"]["mean_last_epoch"]["loss"] for r in rows])
+            )
+        if "scratch" in arms and arm != "scratch":  # paired by seed (same labelled subset)
+            base = {r["seed"]: r["test_miou"] for r in runs if r["arm"] == "scratch"}
+            m["delta_test_miou_vs_scratch"] = summarise(
+                [r["test_miou"] - base[r["seed"]] for r in rows]
             )
         summary[arm] = m
     first = runs[0]

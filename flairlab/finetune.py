@@ -30,8 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -39,19 +37,21 @@ from flairlab.catalog import IGNORE_INDEX
 from flairlab.dataset import DEFAULT_IMAGE_SIZE, TARGETS, FlairHubDataset, collate, label_target
 from flairlab.errors import DataError
 from flairlab.heads import SegmentationHead
-from flairlab.metrics import SegmentationMetrics
 from flairlab.reader import read_raster
 from flairlab.results import save_results
 from flairlab.segmodel import (
     SegmentationModel,
+    autocast,
     build_encoder,
     class_names,
     ema_momentum,
     ema_update,
+    evaluate,
     n_classes_of,
     one_cycle,
     pick_device,
     save_finetuned,
+    segmentation_loss,
     to_device,
 )
 
@@ -168,38 +168,6 @@ def _loader(ds: FlairHubDataset, cfg: FinetuneConfig, shuffle: bool) -> DataLoad
     )
 
 
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor | None:
-    """Pixel cross-entropy over labelled pixels (≠ 255); None when a batch has none."""
-    if not (target != IGNORE_INDEX).any():
-        return None
-    return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)
-
-
-@torch.no_grad()
-def evaluate(
-    model: SegmentationModel,
-    loader: DataLoader,
-    task: str,
-    device: torch.device,
-    max_steps: int = 0,
-) -> dict:
-    """Epoch-accumulated metrics (mIoU over present classes, OA, per-class IoU/F1, confusion)."""
-    model.eval()
-    metrics = SegmentationMetrics(n_classes_of(task), class_names(task))
-    for step, batch in enumerate(loader):
-        if max_steps and step >= max_steps:
-            break
-        batch = to_device(batch, device)
-        with _autocast(device):
-            logits = model(batch)
-        metrics.update(logits.float(), batch[task])
-    return metrics.compute()
-
-
 def train_phase(
     model: SegmentationModel,
     loader: DataLoader,
@@ -243,7 +211,7 @@ def train_phase(
             if step >= steps:
                 break
             batch = to_device(batch, device)
-            with _autocast(device):
+            with autocast(device):
                 logits = model(batch, frozen=frozen)
             loss = segmentation_loss(logits, batch[cfg.task])
             lr = opt.param_groups[0]["lr"]

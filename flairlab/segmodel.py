@@ -3,7 +3,10 @@
 * `build_encoder`: a pretrained MAE from a pre-training checkpoint (`X.safetensors` + JSON
   config; the geometry — image sizes, dates — may change, the architecture may not) restricted
   to the requested modalities, or a fresh random one with the same construction (scratch).
-* `SegmentationModel`: `forward(batch) -> logits (B, n_classes, S, S)`.
+* `SegmentationModel`: `forward(batch) -> logits (B, n_classes, S, S)`; `segmentation_loss`
+  (cross-entropy over pixels ≠ 255) and `evaluate` (epoch-accumulated metrics);
+* task / optimisation helpers: `n_classes_of`, `class_names`, `one_cycle` (LR multiplier),
+  `ema_momentum`, `ema_update` (spec R6);
 * `save_finetuned` / `load_finetuned`: a fine-tuned model as `finetuned.safetensors` + `.json`
   (everything needed to rebuild it); `predict_logits` adapts any evaluation batch (other image
   sizes, e.g. the FLAIR-HUB defaults) to the model geometry and returns logits at `out_size`.
@@ -21,11 +24,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
-from flairlab.catalog import load_catalog
+from flairlab.catalog import IGNORE_INDEX, load_catalog
 from flairlab.dataset import TARGETS
 from flairlab.errors import DataError
 from flairlab.heads import SegmentationHead
+from flairlab.metrics import SegmentationMetrics
 from flairlab.results import write_json_atomic
 
 
@@ -188,6 +193,40 @@ def ema_update(ema: nn.Module, model: nn.Module, m: float) -> None:
         pe.mul_(m).add_(p.detach(), alpha=1 - m)
     for be, b in zip(ema.buffers(), model.buffers(), strict=True):
         be.copy_(b)
+
+
+# -- loss and evaluation ------------------------------------------------------------------
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA, a no-op elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def segmentation_loss(logits: Tensor, target: Tensor) -> Tensor | None:
+    """Pixel cross-entropy over labelled pixels (≠ 255); None when a batch has none."""
+    if not (target != IGNORE_INDEX).any():
+        return None
+    return F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX)
+
+
+@torch.no_grad()
+def evaluate(
+    model: SegmentationModel,
+    loader: DataLoader,
+    task: str,
+    device: torch.device,
+    max_steps: int = 0,
+) -> dict:
+    """Epoch-accumulated metrics (mIoU over present classes, OA, per-class IoU/F1, confusion)."""
+    model.eval()
+    metrics = SegmentationMetrics(n_classes_of(task), class_names(task))
+    for step, batch in enumerate(loader):
+        if max_steps and step >= max_steps:
+            break
+        batch = to_device(batch, device)
+        with autocast(device):
+            logits = model(batch)
+        metrics.update(logits.float(), batch[task])
+    return metrics.compute()
 
 
 # -- fine-tuned checkpoints -----------------------------------------------------------------------
