@@ -166,13 +166,17 @@ def label_efficiency(
     return summary.to_frame(metric) if by is None else summary.unstack(by)
 
 
-def pretrain_method(weight: Any) -> str:
-    """Label of a pre-training objective from its contrastive weight (0 -> plain MAE)."""
+def pretrain_method(weight: Any, objective: Any = None) -> str:
+    """Label of a pre-training run: its objective (mae | contrastive | both) when recorded,
+    else its contrastive weight (0 -> plain MAE)."""
+    obj = str(objective).strip().lower() if objective is not None else ""
+    if obj == "contrastive":
+        return "contrastive"
     try:
         w = float(weight)
     except (TypeError, ValueError):
-        return "unknown"
-    return "MAE" if w == 0 else f"MAE + contrastive (w={w:g})"
+        return "MAE" if obj == "mae" else "unknown"
+    return "MAE" if obj == "mae" or w == 0 else f"MAE + contrastive (w={w:g})"
 
 
 def plot_summary(summary: pd.DataFrame, metric: str, title: str = "", ax: Any = None) -> Any:
@@ -297,13 +301,19 @@ def finetune_table(
         return ft
     is_pre = _truthy(ft[column(ft, pretrained)]) if _has(ft, pretrained) else None
     weights = ft[column(ft, contrastive)] if _has(ft, contrastive) else None
+    objectives = ft[column(ft, "objective")] if _has(ft, "objective") else None
     labels = []
     for i in range(len(ft)):
         if is_pre is not None and not is_pre.iloc[i]:
             labels.append("scratch")
         else:
             labels.append(
-                pretrain_method(weights.iloc[i]) if weights is not None else "pre-trained"
+                pretrain_method(
+                    weights.iloc[i] if weights is not None else None,
+                    objectives.iloc[i] if objectives is not None else None,
+                )
+                if weights is not None or objectives is not None
+                else "pre-trained"
             )
     return ft.assign(pretraining=labels)
 

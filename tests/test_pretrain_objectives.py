@@ -1,4 +1,4 @@
-"""Pre-training objectives: mae | contrastive | both (flairlab.train, flairlab.pretrain_config)."""
+"""Pre-training objectives mae | contrastive | both (flairlab.pretrainer, train, config)."""
 
 from __future__ import annotations
 
@@ -17,13 +17,8 @@ from flairlab.errors import DataError
 from flairlab.model import MAE
 from flairlab.objective_plots import objective_results, training_curves
 from flairlab.pretrain_config import PretrainConfig, load_config, notebook_config
-from flairlab.train import (
-    DECODER,
-    EpochBatchSampler,
-    build_pretrainer,
-    param_groups,
-    pretrain,
-)
+from flairlab.pretrainer import DECODER, build_pretrainer, param_groups
+from flairlab.train import EpochBatchSampler, pretrain
 
 torch.set_num_threads(1)
 PAIRS = {"pairs": ["aerial:s2", "s2:s1_asc"], "mask_same_roi": False}  # Synth: one ROI
