@@ -29,17 +29,17 @@ test: $(STAMP) browser lint
 
 # -- the one-command demo and JupyterLab ---------------------------------------------------------
 # `make demo`: venv (install), the sample if missing, then the notebooks 00 -> 06 into runs/.
-# Same as `flairlab run pipelines/demo.yaml`; `python -m flairlab.runner` only imports the runner
+# Same as `flairlab run pipelines/demo.yaml`; `python -m flairlab.runs.runner` only imports the runner
 # (~150 MB instead of ~450 MB for the whole CLI), which matters for the 2 GB demo budget.
 RUNS     ?= runs
 PIPELINE ?= pipelines/demo.yaml
 .PHONY: demo lab sample
 
 sample: $(STAMP)
-	$(BIN)/python -c "from flairlab.sample import ensure_sample; print('sample:', ensure_sample())"
+	$(BIN)/python -c "from flairlab.data.sample import ensure_sample; print('sample:', ensure_sample())"
 
 demo: sample
-	$(BIN)/python -m flairlab.runner $(PIPELINE) --runs-dir $(RUNS)
+	$(BIN)/python -m flairlab.runs.runner $(PIPELINE) --runs-dir $(RUNS)
 
 # JupyterLab in the project's environment (ipywidgets, bokeh and leaflet front-ends are prebuilt);
 # extra options via LAB_ARGS, e.g. `make lab LAB_ARGS="--no-browser --port 8889"`

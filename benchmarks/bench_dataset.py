@@ -16,9 +16,9 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from flairlab.catalog import load_catalog
-from flairlab.dataset import TARGETS, FlairHubDataset, collate
-from flairlab.reader import read_raster
+from flairlab.data.catalog import load_catalog
+from flairlab.data.dataset import TARGETS, FlairHubDataset, collate
+from flairlab.data.reader import read_raster
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(args.root) if args.root else None
     if root is None:
-        from flairlab.sample import make_sample
+        from flairlab.data.sample import make_sample
 
         root = Path(tempfile.mkdtemp(prefix="bench-dataset-"))
         make_sample(root, n_patches=args.n, seed=0)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import rasterio
 
-from flairlab.catalog import load_catalog
-from flairlab.index import index_patches
-from flairlab.reader import open_patch, read_raster
+from flairlab.data.catalog import load_catalog
+from flairlab.data.index import index_patches
+from flairlab.data.reader import open_patch, read_raster
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     cat = load_catalog()
     root = args.root
     if root is None:
-        from flairlab.sample import make_sample
+        from flairlab.data.sample import make_sample
 
         root = Path(tempfile.mkdtemp()) / "sample"
         make_sample(root, n_patches=12, seed=0, progress=False)

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from flairlab.sample import DEFAULT_N_PATCHES, make_sample
+from flairlab.data.sample import DEFAULT_N_PATCHES, make_sample
 
 BUDGET_S, BUDGET_BYTES = 60.0, 200e6
 

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import rasterio
 
-from flairlab.catalog import load_catalog
-from flairlab.patch_stats import IMAGE_MODALITIES, StatsConfig, new_stats, patch_stats
-from flairlab.scale import _tasks, select_patches
+from flairlab.data.catalog import load_catalog
+from flairlab.explore.patch_stats import IMAGE_MODALITIES, StatsConfig, new_stats, patch_stats
+from flairlab.explore.scale import _tasks, select_patches
 
 HIST_ONLY = StatsConfig(by=(), correlation=False, class_counts=False, clouds=False, profiles=False)
 FULL = StatsConfig()
@@ -35,7 +35,7 @@ FULL = StatsConfig()
 
 def _child(root: str, n: int) -> None:
     """Subprocess body: index, then (n > 0) a serial full pass over the first n patches."""
-    from flairlab.scale import compute_stats
+    from flairlab.explore.scale import compute_stats
 
     index = select_patches(root)
     tracemalloc.start()
@@ -77,7 +77,7 @@ def main() -> None:
     cat = load_catalog()
     root = args.root
     if root is None:
-        from flairlab.sample import make_sample
+        from flairlab.data.sample import make_sample
 
         root = str(Path(tempfile.mkdtemp()) / "sample")
         make_sample(root, n_patches=2 * args.n, seed=0, progress=False)

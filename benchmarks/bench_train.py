@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from flairlab.model import MAE
-from flairlab.model_config import MAEConfig, flair_modalities
-from flairlab.train import cpu_supports_bf16
+from flairlab.models.mae import MAE
+from flairlab.models.mae_config import MAEConfig, flair_modalities
+from flairlab.training.pretrain import cpu_supports_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,9 @@ constant embeddings, while the MAE reaches the same loss at either rate on the s
 * ``both``       MAE + w·InfoNCE (w = ``--weight``) on the visible tokens of the masked pass;
 * ``scratch``    no pre-training (same architecture), as the reference.
 
-Each pre-trained encoder is then fine-tuned with `flairlab.finetune.run_finetune` (probe, then
-full fine-tuning, EMA) on the same class-stratified ``--label-fraction`` of the labelled training
+Each pre-trained encoder is then fine-tuned with `flairlab.training.finetune.run_finetune` (probe,
+then full fine-tuning, EMA) on the same class-stratified ``--label-fraction`` of the labelled
+training
 patches, with the same settings; test mIoU / OA over ``--seeds`` (each seed re-runs the
 pre-training and the fine-tuning) are written to ``results_<tag>.json`` / ``.md``, tag =
 fine-tuning settings (``p10-f30-lr0.0002``): several fine-tuning schedules share the pre-trained
@@ -40,10 +41,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from flairlab.errors import DataError
-from flairlab.finetune import FinetuneConfig, run_finetune
-from flairlab.pretrain_config import preset_config
-from flairlab.results import write_json_atomic
+from flairlab.data.errors import DataError
+from flairlab.data.results import write_json_atomic
+from flairlab.training.finetune import FinetuneConfig, run_finetune
+from flairlab.training.pretrain_config import preset_config
 
 PAIRS = ["aerial:s2", "aerial:s1_asc", "s2:s1_asc"]
 ARMS: dict[str, dict[str, Any] | None] = {
@@ -69,7 +70,7 @@ def summarise(values: list[float]) -> dict[str, Any]:
 
 def pretrain_arm(arm: str, seed: int, root: Path, out: Path, args: argparse.Namespace) -> dict:
     """Pre-train one arm (or reuse the finished run in `out`); returns summary + diagnostics."""
-    from flairlab.train import pretrain
+    from flairlab.training.pretrain import pretrain
 
     spec = ARMS[arm]
     cfg = preset_config(args.preset)
@@ -183,7 +184,7 @@ def main() -> None:
     bad = [a for a in arms if a not in ARMS]
     if bad:
         raise DataError("--arms", expected=list(ARMS), found=bad)
-    from flairlab.sample import ensure_sample
+    from flairlab.data.sample import ensure_sample
 
     ensure_sample(root, n_patches=args.n_patches, progress=False)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from flairlab.finetune import FinetuneConfig, run_finetune
-from flairlab.results import write_json_atomic
+from flairlab.data.results import write_json_atomic
+from flairlab.training.finetune import FinetuneConfig, run_finetune
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,14 +57,14 @@ def main() -> None:
 
     root = Path(args.root) if args.root else out / "sample"
     if not args.root and not root.exists():
-        from flairlab.sample import make_sample
+        from flairlab.data.sample import make_sample
 
         make_sample(root, n_patches=args.n_patches, seed=0)
 
     pre_summary = None
     checkpoint = args.checkpoint
     if not checkpoint:
-        from flairlab.train import pretrain
+        from flairlab.training.pretrain import pretrain
 
         cfg = yaml.safe_load(Path(args.pretrain_config).read_text(encoding="utf-8"))
         cfg["output_dir"] = str(out / "pretrain")

@@ -13,13 +13,13 @@ import sys
 
 # command -> (module that registers it, one-line help shown by `flairlab --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "sample": ("flairlab.sample", "write the synthetic FLAIR-HUB sample (exact on-disk format)"),
-    "check": ("flairlab.check", "validate a FLAIR-HUB folder (exit 1 when problems are found)"),
-    "stats": ("flairlab.bandgroups", "band statistics, correlations and discovered band groups"),
-    "pretrain": ("flairlab.train", "pre-train the MAESTRO masked autoencoder"),
-    "finetune": ("flairlab.finetune", "probe / fine-tune / train from scratch, then evaluate"),
-    "predict": ("flairlab.predict", "predict patches / zones and write COGs (+ HTML maps)"),
-    "run": ("flairlab.runner", "run a notebook pipeline with papermill into runs/"),
+    "sample": ("flairlab.data.sample", "write the synthetic FLAIR-HUB sample (exact format)"),
+    "check": ("flairlab.data.check", "validate a FLAIR-HUB folder (exit 1 on any problem)"),
+    "stats": ("flairlab.explore.bandgroups", "band statistics, correlations, band groups"),
+    "pretrain": ("flairlab.training.pretrain", "pre-train the MAESTRO masked autoencoder"),
+    "finetune": ("flairlab.training.finetune", "probe / fine-tune / from scratch, then evaluate"),
+    "predict": ("flairlab.maps.predict", "predict patches / zones and write COGs (+ HTML maps)"),
+    "run": ("flairlab.runs.runner", "run a notebook pipeline with papermill into runs/"),
 }
 
 

@@ -16,8 +16,8 @@ import rasterio
 from rasterio.transform import from_origin
 from shapely.geometry import box
 
-from flairlab.catalog import load_catalog
-from flairlab.index import modality_path, parse_patch_id
+from flairlab.data.catalog import load_catalog
+from flairlab.data.index import modality_path, parse_patch_id
 
 CAT = load_catalog()
 PATCHES = {

@@ -20,7 +20,7 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def sample_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic FLAIR-HUB tree in the exact on-disk format (one per test session)."""
-    from flairlab.sample import make_sample
+    from flairlab.data.sample import make_sample
 
     out = tmp_path_factory.mktemp("flairhub-sample")
     make_sample(out, n_patches=12, seed=0)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flairlab.catalog import load_catalog, parse_catalog
-from flairlab.errors import CatalogError
+from flairlab.data.catalog import load_catalog, parse_catalog
+from flairlab.data.errors import CatalogError
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = yaml.safe_load((ROOT / "data_catalog.yaml").read_text(encoding="utf-8"))

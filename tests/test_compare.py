@@ -1,4 +1,4 @@
-"""`flairlab.compare` on fake run folders, and notebook 06 executed on them through the runner."""
+"""`flairlab.runs.compare` on fake run folders, and notebook 06 run on them through the runner."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import matplotlib
 import pytest
 
-from flairlab import compare
-from flairlab.errors import DataError
+from flairlab.data.errors import DataError
+from flairlab.runs import compare
 
 matplotlib.use("Agg")
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,7 +149,7 @@ def test_empty_and_missing_runs_dir(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_notebook_06_through_the_runner(runs: Path, tmp_path: Path) -> None:
-    from flairlab.runner import run_pipeline
+    from flairlab.runs.runner import run_pipeline
 
     pipe = tmp_path / "p.yaml"
     pipe.write_text(

@@ -1,4 +1,4 @@
-"""Cross-modal InfoNCE and CCL-K (flairlab.contrastive, flairlab.ccl_kernel) on tiny tensors."""
+"""Cross-modal InfoNCE and CCL-K (training.contrastive, models.ccl_kernel) on tiny tensors."""
 
 from __future__ import annotations
 
@@ -11,15 +11,20 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from flairlab import ccl_kernel as ck
-from flairlab.contrastive import (
+from flairlab.data.errors import DataError
+from flairlab.models import ccl_kernel as ck
+from flairlab.models.contrastive_losses import (
+    clip_loss,
+    multi_positive_rows,
+    nce_rows,
+    same_roi_pairs,
+)
+from flairlab.training.contrastive import (
     ContrastiveConfig,
     ContrastiveObjective,
     ContrastivePretrainer,
     build_contrastive,
 )
-from flairlab.contrastive_losses import clip_loss, multi_positive_rows, nce_rows, same_roi_pairs
-from flairlab.errors import DataError
 
 torch.set_num_threads(1)
 E = 8  # encoder width of the fake features
@@ -136,8 +141,8 @@ def test_pooling_uses_visible_tokens_and_skips_empty_modalities() -> None:
 
 
 def test_with_the_mae_encoder_visible_tokens() -> None:
-    from flairlab.model import MAE
-    from flairlab.model_config import MAEConfig, flair_modalities
+    from flairlab.models.mae import MAE
+    from flairlab.models.mae_config import MAEConfig, flair_modalities
 
     torch.manual_seed(0)
     keys, C = ("aerial", "s2", "s1_asc"), {"aerial": 4, "s2": 10, "s1_asc": 2}

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from flairlab.catalog import IGNORE_INDEX, load_catalog
-from flairlab.dataset import (
+from flairlab.data.catalog import IGNORE_INDEX, load_catalog
+from flairlab.data.dataset import (
     MODEL_BANDS,
     band_indices,
     collate,
@@ -21,7 +21,7 @@ from flairlab.dataset import (
     scale_values,
     select_dates,
 )
-from flairlab.errors import DataError
+from flairlab.data.errors import DataError
 
 H5_NAME = "treesatai-sample/sentinel-ts/Betula_spec._1_15679_WEFL_NLF_2019.h5"
 
@@ -199,7 +199,7 @@ def _ops_matching(a: np.ndarray, b: np.ndarray) -> set[tuple[bool, bool, bool]]:
 def test_dataset_batch_contract(sample_root):
     from torch.utils.data import DataLoader
 
-    from flairlab.dataset import FlairHubDataset
+    from flairlab.data.dataset import FlairHubDataset
 
     ds = FlairHubDataset(sample_root, split="train", seed=0, **SMALL)
     batch = next(iter(DataLoader(ds, batch_size=3, collate_fn=collate, num_workers=2)))
@@ -222,8 +222,8 @@ def test_dataset_batch_contract(sample_root):
 
 
 def test_dataset_flips_identical_on_all_rasters_and_labels(sample_root):
-    from flairlab.dataset import FlairHubDataset
-    from flairlab.reader import read_raster
+    from flairlab.data.dataset import FlairHubDataset
+    from flairlab.data.reader import read_raster
 
     train = FlairHubDataset(sample_root, split="train", seed=1, train=True, **SMALL)
     ref = FlairHubDataset(sample_root, split="train", seed=1, train=False, **SMALL)
@@ -248,8 +248,8 @@ def test_dataset_flips_identical_on_all_rasters_and_labels(sample_root):
 
 
 def test_dataset_eval_is_deterministic_and_labels_ignore(sample_root):
-    from flairlab.dataset import FlairHubDataset
-    from flairlab.reader import read_raster
+    from flairlab.data.dataset import FlairHubDataset
+    from flairlab.data.reader import read_raster
 
     kw = dict(SMALL, image_size={"aerial": 64, "dem": 32, "cosia": 512})
     a = FlairHubDataset(sample_root, split="valid", train=False, **kw)
@@ -267,7 +267,7 @@ def test_dataset_eval_is_deterministic_and_labels_ignore(sample_root):
 
 
 def test_dataset_errors(sample_root):
-    from flairlab.dataset import FlairHubDataset
+    from flairlab.data.dataset import FlairHubDataset
 
     with pytest.raises(DataError, match="modality"):
         FlairHubDataset(sample_root, split="train", modalities=("aerial", "lidar"))

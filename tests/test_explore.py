@@ -11,9 +11,10 @@ import pytest
 from _flairtree import CAT, PATCHES, make_tree, split_csvs
 from matplotlib.figure import Figure
 
-from flairlab.bandgroups import discover_groups, load_norm_file
-from flairlab.browser import PatchBrowser, load_patch, plot_patch, render_panels
-from flairlab.explore_plots import (
+from flairlab.data.index import index_patches
+from flairlab.explore.bandgroups import discover_groups, load_norm_file
+from flairlab.explore.browser import PatchBrowser, load_patch, plot_patch, render_panels
+from flairlab.explore.plots import (
     ExplorePlot,
     class_table,
     modality_table,
@@ -22,10 +23,9 @@ from flairlab.explore_plots import (
     plot_histograms,
     plot_overview,
 )
-from flairlab.explore_ts import plot_clouds, plot_profiles
-from flairlab.index import index_patches
-from flairlab.notebooks import error_outputs, read_notebook
-from flairlab.scale import compute_stats
+from flairlab.explore.scale import compute_stats
+from flairlab.explore.ts_plots import plot_clouds, plot_profiles
+from flairlab.runs.notebooks import error_outputs, read_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -140,8 +140,8 @@ def test_browser_builds_and_follows_selection(data):
 
 @pytest.fixture(scope="module")
 def nb_root(request, tree) -> Path:
-    """The session sample when `flairlab.sample` exists; the planted tree until then."""
-    if importlib.util.find_spec("flairlab.sample") is not None:
+    """The session sample when `flairlab.data.sample` exists; the planted tree until then."""
+    if importlib.util.find_spec("flairlab.data.sample") is not None:
         return request.getfixturevalue("sample_root")
     return tree
 
@@ -165,7 +165,7 @@ def _run(name: str, out: Path, **params) -> dict:
 
 @pytest.mark.slow
 def test_notebook_00_generates_the_sample(tmp_path, monkeypatch):
-    pytest.importorskip("flairlab.sample")
+    pytest.importorskip("flairlab.data.sample")
     gen = tmp_path / "generated-sample"  # the catalog's sample source, pointed at an empty folder
     monkeypatch.setenv("FLAIRLAB_SAMPLE_ROOT", str(gen))
     res = _run(

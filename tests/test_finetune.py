@@ -11,19 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from flairlab.errors import DataError
-from flairlab.finetune import FinetuneConfig, subsample_patches, train_phase
-from flairlab.heads import SegmentationHead
-from flairlab.segmodel import (
+from flairlab.data.errors import DataError
+from flairlab.models.heads import SegmentationHead
+from flairlab.models.segmodel import (
     SegmentationModel,
     build_encoder,
-    ema_momentum,
-    ema_update,
     load_finetuned,
-    one_cycle,
     predict_logits,
     save_finetuned,
 )
+from flairlab.training.finetune import FinetuneConfig, subsample_patches, train_phase
+from flairlab.training.schedules import ema_momentum, ema_update, one_cycle
 
 torch.set_num_threads(1)
 GEOM = dict(size="nano", image_size={"aerial": 32, "s2": 10}, patch_size={"aerial": 8, "s2": 2},
@@ -105,7 +103,7 @@ def test_probe_freezes_encoder_and_finetune_trains_it():
 
 
 def test_pretrained_checkpoint_subset_and_finetuned_roundtrip(tmp_path):
-    from flairlab.checkpoint import save_checkpoint
+    from flairlab.models.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     mae, _ = build_encoder(None, ["aerial", "s2"], **GEOM)
@@ -182,10 +180,8 @@ def test_cli_finetune_on_sample(sample_root, tmp_path, capsys):
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "04_finetune.ipynb"
 
 
-def test_notebook_04_is_generated_and_clean():
-    import importlib.util
-
-    from flairlab.notebooks import notebook_parameters, output_problems, read_notebook
+def test_notebook_04_parameters_and_clean():
+    from flairlab.runs.notebooks import notebook_parameters, output_problems, read_notebook
 
     nb = read_notebook(NOTEBOOK)
     assert not output_problems(nb)
@@ -193,11 +189,6 @@ def test_notebook_04_is_generated_and_clean():
     for name in ("checkpoint", "task", "modalities", "label_fraction", "probe_epochs",
                  "finetune_epochs", "seed", "output_dir", "source"):  # fmt: skip
         assert name in params
-    spec = importlib.util.spec_from_file_location("build_04", NOTEBOOK.parent / "_build" /
-                                                  "build_04.py")  # fmt: skip
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    assert [c.source for c in mod.build().cells] == [c.source for c in nb.cells]
 
 
 @pytest.mark.slow

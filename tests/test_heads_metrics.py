@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from flairlab.heads import (
+from flairlab.models.heads import (
     AttentivePooling,
     ClassificationHead,
     SegmentationHead,
     reference_grid,
     tokens_on_grid,
 )
-from flairlab.metrics import MultilabelMetrics, SegmentationMetrics, metrics_from_confusion
+from flairlab.training.metrics import MultilabelMetrics, SegmentationMetrics, metrics_from_confusion
 
 torch.set_num_threads(1)
 

@@ -45,8 +45,8 @@ SMOKE_CELLS = [
     "# a bokeh plot through HoloViews (BokehJS inlined: works offline)\nimport holoviews as hv\n"
     "hv.extension('bokeh', logo=False, inline=True)\n"
     "hv.Curve([(0, 0), (1, 2), (2, 1)], label='lab smoke').opts(width=320, height=200)",
-    "# the leaflet map of flairlab.maps (data-URL overlays, split view, legend)\n"
-    "import numpy as np\nfrom flairlab.maps import Overlay, interactive_map\n"
+    "# the leaflet map of flairlab.maps.leaflet (data-URL overlays, split view, legend)\n"
+    "import numpy as np\nfrom flairlab.maps.leaflet import Overlay, interactive_map\n"
     "rgba = np.zeros((16, 16, 4), np.uint8)\nrgba[..., 0], rgba[..., 3] = 200, 255\n"
     "bounds = [[48.85, 2.34], [48.86, 2.35]]\n"
     "pred = Overlay('prediction', rgba, bounds, 'classes', [0])\n"

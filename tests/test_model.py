@@ -8,9 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flairlab.errors import DataError
-from flairlab.masking import MaskSpec, n_masked, random_masking, structured_proposal
-from flairlab.model import (
+from flairlab.data.errors import DataError
+from flairlab.models.mae import (
     MAE,
     count_parameters,
     date_encoding,
@@ -20,7 +19,8 @@ from flairlab.model import (
     sincos_grid,
     unpatchify,
 )
-from flairlab.model_config import FUSION_MODES, MAEConfig, ModalityConfig, flair_modalities
+from flairlab.models.mae_config import FUSION_MODES, MAEConfig, ModalityConfig, flair_modalities
+from flairlab.models.masking import MaskSpec, n_masked, random_masking, structured_proposal
 
 torch.set_num_threads(1)
 

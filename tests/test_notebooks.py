@@ -1,7 +1,8 @@
 """Notebooks are tested like code.
 
 * every committed notebook is clean (no outputs), has exactly one `parameters` cell of flat, typed,
-  commented scalars with `output_dir`, and matches its `notebooks/_build/build_NN.py` generator;
+  commented scalars with `output_dir`, and is the jupytext pair of its percent-format source
+  `notebooks/NN_name.py` (same cells, same tags; the source is what people edit);
 * the pipelines cover every notebook and pass the runner's parameter checks;
 * CI executes every notebook through the runner (`pipelines/ci.yaml`, smallest parameters) on
   the session's synthetic sample, exports each executed notebook to HTML (nbconvert) and opens it
@@ -10,7 +11,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from flairlab.notebooks import (
+from flairlab.runs.notebooks import (
     count_images,
     error_outputs,
     export_html,
@@ -26,7 +26,7 @@ from flairlab.notebooks import (
     output_problems,
     read_notebook,
 )
-from flairlab.pipeline import load_pipeline, plan_runs
+from flairlab.runs.pipeline import load_pipeline, plan_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -58,25 +58,31 @@ def test_parameters_cell_is_flat_typed_and_commented(path: Path) -> None:
         assert "source" in params and params["source"].default == "sample"
 
 
-def _builder(path: Path):
-    script = ROOT / "notebooks" / "_build" / f"build_{path.stem[:2]}.py"
-    if not script.is_file():
-        pytest.fail(f"{path.name} has no generator {script.relative_to(ROOT)}")
-    spec = importlib.util.spec_from_file_location(f"_build_{path.stem[:2]}", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _cells(nb: nbformat.NotebookNode) -> list[tuple]:
+    return [(c.cell_type, c.source, tuple(c.metadata.get("tags", []))) for c in nb.cells]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))
-def test_notebook_matches_its_generator(path: Path) -> None:
-    built = _builder(path).build()
+def test_notebook_is_the_jupytext_pair_of_its_source(path: Path) -> None:
+    import jupytext
+
+    source = path.with_suffix(".py")
+    assert source.is_file(), f"{path.name} has no jupytext source {source.name}"
+    text = jupytext.read(source)  # percent format, with the pairing in its header
     committed = read_notebook(path)
+    for nb in (text, committed):
+        assert nb.metadata.get("jupytext", {}).get("formats") == "ipynb,py:percent"
+    assert _cells(text) == _cells(committed), (
+        f"{path.name} and {source.name} differ: run `jupytext --sync {source.relative_to(ROOT)}`"
+    )
+    tagged = [c for c in committed.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0].cell_type == "code"
 
-    def cells(nb: nbformat.NotebookNode) -> list[tuple]:
-        return [(c.cell_type, c.source, tuple(c.metadata.get("tags", []))) for c in nb.cells]
 
-    assert cells(built) == cells(committed), f"re-run notebooks/_build/build_{path.stem[:2]}.py"
+def test_every_notebook_source_has_its_notebook() -> None:
+    sources = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
+    assert [s.stem for s in sources] == ids(NOTEBOOKS)
+    assert not (ROOT / "notebooks" / "_build").exists()
 
 
 def test_ci_and_demo_pipelines_cover_every_notebook() -> None:
@@ -99,7 +105,7 @@ def test_pipelines_pass_the_parameter_checks(path: Path) -> None:
 @pytest.fixture(scope="module")
 def ci_run(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`flairlab run pipelines/ci.yaml` on the session sample; returns the run folder."""
-    from flairlab.runner import run_pipeline
+    from flairlab.runs.runner import run_pipeline
 
     runs = tmp_path_factory.mktemp("runs")
     with pytest.MonkeyPatch.context() as mp:

@@ -20,10 +20,10 @@ import torch
 from PIL import Image
 from rasterio.transform import from_origin
 
-from flairlab.catalog import load_catalog
-from flairlab.errors import DataError
-from flairlab.mosaic import NODATA, PatchGeo, blend_weights, read_patch_geo, zone_grid
-from flairlab.predict import ZoneResult, predict, predict_zone, select_patches
+from flairlab.data.catalog import load_catalog
+from flairlab.data.errors import DataError
+from flairlab.maps.mosaic import NODATA, PatchGeo, blend_weights, read_patch_geo, zone_grid
+from flairlab.maps.predict import ZoneResult, predict, predict_zone, select_patches
 
 S, RES, X0, Y0 = 512, 0.2, 652_000.0, 6_862_000.0  # near Paris, Lambert-93
 DOMAIN, ROI = "D075-2021", "UU-S1-7"
@@ -217,7 +217,7 @@ def test_overlap_blending(tmp_path: Path) -> None:
 
 def test_big_zone_accumulates_on_disk(tmp_path: Path) -> None:
     """Above `max_bytes` the probability sums live in a memory-mapped file, removed at close."""
-    from flairlab.mosaic import ZoneMosaic
+    from flairlab.maps.mosaic import ZoneMosaic
 
     crs = rasterio.CRS.from_epsg(2154)
     geos = {"a": PatchGeo(from_origin(X0, Y0, RES, RES), crs, 64, 64),
@@ -271,7 +271,7 @@ def test_bad_inputs_raise(zone_root: Path, tmp_path: Path) -> None:
 
 
 def test_select_patches(zone_root: Path) -> None:
-    from flairlab.index import index_patches
+    from flairlab.data.index import index_patches
 
     index = index_patches(zone_root)
     assert len(select_patches(index, zone=ZONE)) == 4
@@ -288,7 +288,7 @@ def test_select_patches(zone_root: Path) -> None:
 # -- maps -----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def overlays(zone_result: ZoneResult):
-    from flairlab.maps import zone_overlays
+    from flairlab.maps.leaflet import zone_overlays
 
     ovs = zone_overlays(zone_result, opacity=1.0)
     return ovs
@@ -307,7 +307,7 @@ def test_overlays_in_web_mercator(overlays) -> None:
 
 
 def test_big_layers_are_downsampled(zone_result: ZoneResult) -> None:
-    from flairlab.maps import class_overlay
+    from flairlab.maps.leaflet import class_overlay
 
     full = class_overlay(zone_result.prediction, "p")
     small = class_overlay(zone_result.prediction, "p", max_pixels=20_000)
@@ -318,7 +318,7 @@ def test_big_layers_are_downsampled(zone_result: ZoneResult) -> None:
 
 
 def test_legend_lists_only_present_classes(overlays) -> None:
-    from flairlab.maps import legend_entries
+    from flairlab.maps.leaflet import legend_entries
 
     entries = legend_entries(overlays)
     assert list(entries) == [
@@ -333,7 +333,7 @@ def test_legend_lists_only_present_classes(overlays) -> None:
 
 
 def test_offline_checker_flags_remote_resources() -> None:
-    from flairlab.maps_html import offline_problems
+    from flairlab.maps.html_map import offline_problems
 
     assert offline_problems('<script src="https://cdn.jsdelivr.net/x.js"></script>')
     assert offline_problems("<link href='//unpkg.com/a.css' rel=stylesheet>")
@@ -344,7 +344,7 @@ def test_offline_checker_flags_remote_resources() -> None:
 
 @pytest.fixture(scope="module")
 def html_map(overlays, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from flairlab.maps_html import export_html
+    from flairlab.maps.html_map import export_html
 
     return export_html(overlays, tmp_path_factory.mktemp("html") / "map.html")
 
@@ -413,7 +413,7 @@ def test_browser_renders_split_view(html_map: Path, tmp_path: Path) -> None:
 
 
 def test_browser_without_split_shows_prediction_over_truth(overlays, tmp_path: Path) -> None:
-    from flairlab.maps_html import export_html
+    from flairlab.maps.html_map import export_html
 
     pred = [o for o in overlays if o.name == "prediction"]
     html = export_html(pred, tmp_path / "pred_only.html", split=None)
@@ -426,7 +426,7 @@ def test_browser_without_split_shows_prediction_over_truth(overlays, tmp_path: P
 def test_interactive_map_layers(overlays) -> None:
     import ipyleaflet
 
-    from flairlab.maps import interactive_map
+    from flairlab.maps.leaflet import interactive_map
 
     m = interactive_map(overlays)
     images = {lyr.name: lyr for lyr in m.layers if isinstance(lyr, ipyleaflet.ImageOverlay)}
@@ -493,7 +493,8 @@ def test_cli_predict_on_dataset_tree(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def _largest_zone(root: Path) -> tuple[str, list[str]]:
-    from flairlab.predict import dataset_index, group_by_zone
+    from flairlab.data.dataset import dataset_index
+    from flairlab.maps.predict import group_by_zone
 
     zones = group_by_zone(dataset_index(root).index)
     return max(zones.items(), key=lambda kv: len(kv[1]))
@@ -525,7 +526,7 @@ def test_notebook_05_runs_with_papermill(
         assert (out / z[key]).is_file()
     assert (out / "figures" / "zone_map.png").is_file()
     assert 0.0 <= z["metrics"]["oa"] <= 1.0
-    from flairlab.predict import dataset_index
+    from flairlab.data.dataset import dataset_index
 
     foot = [read_patch_geo(dataset_index(sample_root).at[p, "AERIAL_RGBI"]) for p in pids]
     union = (
@@ -541,14 +542,14 @@ def test_notebook_05_runs_with_papermill(
 
 @pytest.mark.slow
 def test_predict_from_finetuned_checkpoint(tmp_path: Path) -> None:
-    """A model written by `flairlab.finetune` (64-px labels) predicts full-resolution zones."""
+    """A model written by `flairlab.training.finetune` (64-px labels) predicts full-size zones."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
     from _flairtree import make_tree
 
-    from flairlab.finetune import FinetuneConfig, run_finetune
-    from flairlab.predict import load_segmentation_model
+    from flairlab.maps.predict import load_segmentation_model
+    from flairlab.training.finetune import FinetuneConfig, run_finetune
 
     torch.manual_seed(0)
     root = make_tree(tmp_path / "tree")

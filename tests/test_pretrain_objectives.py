@@ -1,4 +1,4 @@
-"""Pre-training objectives mae | contrastive | both (flairlab.pretrainer, train, config)."""
+"""Pre-training objectives mae | contrastive | both (training.pretrainer, pretrain, config)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import torch
 from safetensors.torch import load_file
 from test_train import MODEL, ROOT, Synth, config
 
-from flairlab.checkpoint import load_state, resolve_checkpoint
-from flairlab.errors import DataError
-from flairlab.model import MAE
-from flairlab.objective_plots import objective_results, training_curves
-from flairlab.pretrain_config import PretrainConfig, load_config, notebook_config
-from flairlab.pretrainer import DECODER, build_pretrainer, param_groups
-from flairlab.train import EpochBatchSampler, pretrain
+from flairlab.data.errors import DataError
+from flairlab.models.checkpoint import load_state, resolve_checkpoint
+from flairlab.models.mae import MAE
+from flairlab.training.objective_plots import objective_results, training_curves
+from flairlab.training.pretrain import EpochBatchSampler, pretrain
+from flairlab.training.pretrain_config import PretrainConfig, load_config, notebook_config
+from flairlab.training.pretrainer import DECODER, build_pretrainer, param_groups
 
 torch.set_num_threads(1)
 PAIRS = {"pairs": ["aerial:s2", "s2:s1_asc"], "mask_same_roi": False}  # Synth: one ROI

@@ -14,18 +14,18 @@ import rasterio
 from rasterio.transform import from_origin
 from shapely.geometry import box
 
-from flairlab.catalog import IGNORE_INDEX, load_catalog
-from flairlab.check import check_dataset
 from flairlab.cli import main as cli_main
-from flairlab.errors import DataError
-from flairlab.index import (
+from flairlab.data.catalog import IGNORE_INDEX, load_catalog
+from flairlab.data.check import check_dataset
+from flairlab.data.errors import DataError
+from flairlab.data.index import (
     index_patches,
     modality_path,
     parse_file_name,
     parse_patch_id,
     read_split_csv,
 )
-from flairlab.reader import cosia_target, lpis_target, open_patch, read_dates, read_raster
+from flairlab.data.reader import cosia_target, lpis_target, open_patch, read_dates, read_raster
 
 CAT = load_catalog()
 X0, Y0 = 650_000.0, 6_860_000.0

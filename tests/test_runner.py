@@ -12,10 +12,10 @@ import nbformat
 import pytest
 
 from flairlab.cli import main as cli_main
-from flairlab.errors import DataError
-from flairlab.notebooks import notebook_parameters, parse_parameters
-from flairlab.provenance import create_run_dir, data_fingerprint, git_info
-from flairlab.runner import load_pipeline, parse_sets, plan_runs, run_pipeline
+from flairlab.data.errors import DataError
+from flairlab.runs.notebooks import notebook_parameters, parse_parameters
+from flairlab.runs.provenance import create_run_dir, data_fingerprint, git_info
+from flairlab.runs.runner import load_pipeline, parse_sets, plan_runs, run_pipeline
 
 A_PARAMS = """\
 n: int = 2  # how many
@@ -55,7 +55,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("FLAIRLAB_SAMPLE_ROOT", str(data))
     nbs = tmp_path / "nbs"
     nbs.mkdir()
-    save = "from flairlab.results import save_results, save_figure\n"
+    save = "from flairlab.data.results import save_results, save_figure\n"
     write_nb(
         nbs / "a.ipynb",
         A_PARAMS,
@@ -302,7 +302,8 @@ def test_data_fingerprint_tracks_content_not_location(tmp_path: Path, monkeypatc
     assert fx["sha256"] == fy["sha256"] and fx["n_files"] == 1
     (tmp_path / "y" / "d" / "f.tif").write_bytes(b"abd")  # same size, different bytes
     assert data_fingerprint(tmp_path / "y")["sha256"] != fx["sha256"]
-    monkeypatch.setattr("flairlab.provenance.SMALL_FILE_BYTES", 0)  # large-file mode: size + mtime
+    # large-file mode: size + mtime
+    monkeypatch.setattr("flairlab.runs.provenance.SMALL_FILE_BYTES", 0)
     h1 = data_fingerprint(tmp_path / "x")["sha256"]
     os.utime(tmp_path / "x" / "d" / "f.tif", ns=(1, 1))
     assert data_fingerprint(tmp_path / "x")["sha256"] != h1
@@ -371,7 +372,7 @@ def test_ctrl_c_stops_the_kernel_and_leaves_a_record(tmp_path: Path) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "flairlab.runner",
+        "flairlab.runs.runner",
         str(tmp_path / "p.yaml"),
         "--runs-dir",
         str(runs),

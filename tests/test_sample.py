@@ -12,10 +12,10 @@ import pyogrio
 import pytest
 import rasterio
 
-from flairlab import synthetic as S
-from flairlab.catalog import load_catalog
-from flairlab.errors import DataError
-from flairlab.sample import (
+from flairlab.data import synthetic as S
+from flairlab.data.catalog import load_catalog
+from flairlab.data.errors import DataError
+from flairlab.data.sample import (
     MARKER,
     SPLITS,
     TOY_CSV,
@@ -203,7 +203,7 @@ def test_label_classes_include_rare_ignored_ones(sample_root: Path) -> None:
 
 
 def test_default_subset_covers_domains_splits_and_adjacent_patches() -> None:
-    from flairlab.sample import DEFAULT_N_PATCHES
+    from flairlab.data.sample import DEFAULT_N_PATCHES
 
     toy = load_toy_splits()
     default = select_patches(toy, DEFAULT_N_PATCHES)
@@ -273,7 +273,7 @@ def test_refuses_foreign_folders(tmp_path: Path) -> None:
     target = mixed / rel_path(select_patches(load_toy_splits(), 1)[0], "AERIAL_RGBI")
     target.parent.mkdir(parents=True)
     target.write_bytes(b"real data")
-    (mixed / MARKER).write_text(json.dumps({"generator": "flairlab.sample", "files": []}))
+    (mixed / MARKER).write_text(json.dumps({"generator": "flairlab.data.sample", "files": []}))
     with pytest.raises(DataError, match="overwrite"):
         make_sample(mixed, n_patches=1, progress=False)
     assert target.read_bytes() == b"real data"
@@ -285,9 +285,9 @@ def test_cli_writes_sample_and_reports_errors(tmp_path: Path, sample_root: Path,
     import argparse
 
     from flairlab.cli import COMMANDS
-    from flairlab.sample import add_cli
+    from flairlab.data.sample import add_cli
 
-    assert COMMANDS["sample"][0] == "flairlab.sample"
+    assert COMMANDS["sample"][0] == "flairlab.data.sample"
     parser = argparse.ArgumentParser(prog="flairlab")  # only this sub-command: no torch import
     add_cli(parser.add_subparsers(dest="command"))
 
@@ -311,9 +311,9 @@ def test_cli_writes_sample_and_reports_errors(tmp_path: Path, sample_root: Path,
 
 # -- readers of the lead's foundation ------------------------------------------------------------
 def test_passes_check_and_reads_back(sample_root: Path) -> None:
-    from flairlab.check import check_dataset
-    from flairlab.index import index_patches
-    from flairlab.reader import open_patch, read_dates
+    from flairlab.data.check import check_dataset
+    from flairlab.data.index import index_patches
+    from flairlab.data.reader import open_patch, read_dates
 
     problems = check_dataset(sample_root, progress=False)
     assert problems.empty, problems.head().to_string()
@@ -393,7 +393,7 @@ def _ts_vs_single(pixels: list[tuple], min_count: int = 15) -> dict[str, float]:
 
 def test_learnability_forest_needs_the_time_series(sample_root: Path) -> None:
     """Deciduous vs coniferous look alike in summer; the leaf-off season separates them."""
-    from flairlab.reader import read_dates, read_raster
+    from flairlab.data.reader import read_dates, read_raster
 
     dates = read_dates(sample_root, "SENTINEL2_TS")
     pixels = []

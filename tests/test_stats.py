@@ -10,7 +10,9 @@ import pytest
 import rasterio
 from _flairtree import CAT, PATCHES, make_tree, split_csvs
 
-from flairlab.bandgroups import (
+from flairlab.data.errors import DataError
+from flairlab.data.index import index_patches
+from flairlab.explore.bandgroups import (
     cluster_bands,
     compare_groups,
     discover_groups,
@@ -20,11 +22,9 @@ from flairlab.bandgroups import (
     rand_index,
     save_norm_file,
 )
-from flairlab.errors import DataError
-from flairlab.index import index_patches
-from flairlab.scale import compute_stats, select_patches
-from flairlab.stats import BandStats, HistSpec, hist_quantile, resample_labels
-from flairlab.stats_ts import ClassCounts, CloudStats, ProfileStats
+from flairlab.explore.scale import compute_stats, select_patches
+from flairlab.explore.stats import BandStats, HistSpec, hist_quantile, resample_labels
+from flairlab.explore.stats_ts import ClassCounts, CloudStats, ProfileStats
 
 RNG = np.random.default_rng(42)
 

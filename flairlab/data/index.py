@@ -1,0 +1,290 @@
+"""Patch index: FLAIR-HUB file-name grammar, split CSVs and folder scans (format spec §2).
+
+A patch id is `DOMAIN_ROI_R-C` (`D006-2020_FF-S1-14_5-5`); its file for modality MOD is
+`<root>/<DOMAIN>_<MOD>/<ROI>/<DOMAIN>_<MOD>_<ROI>_<R>-<C>.tif`, except the historical
+`AERIAL-RLT_PAN`, whose folder and file use `<CODE>-195X` instead of `<CODE>-<YEAR>`.
+
+Split-CSV cells are relative paths starting with `../` (the official loader resolves them against
+the process working directory). flairlab resolves them against a dataset root instead: the leading
+`../` is dropped and the rest joined to `root` (default: the folder holding the CSV).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from flairlab.data.catalog import Catalog, load_catalog
+from flairlab.data.errors import DataError
+
+_DOMAIN = r"(?P<code>D\d{3}(?:\d{3})?)-(?P<year>\d{4})"
+_ROI = r"(?P<roi>[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*)"
+_POS = r"(?P<row>[1-9]\d*)-(?P<col>[1-9]\d*)"
+PATCH_ID_RE = re.compile(rf"^{_DOMAIN}_{_ROI}_{_POS}$")
+FILE_RE = re.compile(
+    r"^(?P<code>D\d{3}(?:\d{3})?)-(?P<year>\d{4}|195X)_(?P<mod>[A-Z0-9-]+_[A-Z0-9-]+)_"
+    rf"{_ROI}_{_POS}\.tif$"
+)
+HISTORICAL_YEAR = "195X"
+META_COLUMNS = ["domain", "year", "roi", "row", "col"]
+
+
+@dataclass(frozen=True)
+class PatchId:
+    """Parsed patch id. `row`/`col` are the 1-based positions of the name (not coordinates)."""
+
+    domain: str
+    code: str
+    year: int
+    roi: str
+    row: int
+    col: int
+
+    @property
+    def patch_id(self) -> str:
+        return f"{self.domain}_{self.roi}_{self.row}-{self.col}"
+
+    @property
+    def roi_key(self) -> str:
+        """ROIs are unique only per domain: key them as `DOMAIN_ROI` (spec §12)."""
+        return f"{self.domain}_{self.roi}"
+
+
+def parse_patch_id(patch_id: str) -> PatchId:
+    """Parse `DOMAIN_ROI_R-C`; raises DataError on anything else."""
+    m = PATCH_ID_RE.match(patch_id)
+    if not m:
+        raise DataError(
+            f"patch id {patch_id!r} is not of the form DOMAIN_ROI_R-C (e.g. D006-2020_FF-S1-14_5-5)"
+        )
+    code, year = m["code"], int(m["year"])
+    return PatchId(f"{code}-{year}", code, year, m["roi"], int(m["row"]), int(m["col"]))
+
+
+def parse_file_name(path: str | Path) -> tuple[str, str]:
+    """`(patch_id, modality)` from a FLAIR-HUB file name; historical files map to the modern id
+    only through `index_patches` (their name has no year), so this returns the `195X` domain."""
+    name = Path(path).name
+    m = FILE_RE.match(name)
+    if not m:
+        raise DataError(
+            "file name does not follow <DOMAIN>_<MODALITY>_<ROI>_<R>-<C>.tif", path=path
+        )
+    return f"{m['code']}-{m['year']}_{m['roi']}_{m['row']}-{m['col']}", m["mod"]
+
+
+def domain_folder(patch: PatchId, modality: str, catalog: Catalog | None = None) -> str:
+    """Folder name `<DOMAIN>_<MOD>` (`<CODE>-195X_AERIAL-RLT_PAN` for the historical modality)."""
+    mod = (catalog or load_catalog()).modality(modality)
+    domain = (
+        f"{patch.code}-{HISTORICAL_YEAR}" if mod.folder_domain == "historical" else patch.domain
+    )
+    return f"{domain}_{mod.name}"
+
+
+def modality_path(
+    root: str | Path, patch_id: str, modality: str, catalog: Catalog | None = None
+) -> Path:
+    """Expected path of one patch's file for `modality` (dataset name or alias) under `root`."""
+    cat = catalog or load_catalog()
+    p = parse_patch_id(patch_id)
+    folder = domain_folder(p, modality, cat)
+    return Path(root) / folder / p.roi / f"{folder}_{p.roi}_{p.row}-{p.col}.tif"
+
+
+def _sniff_delimiter(path: Path) -> str:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        header = f.readline()
+    if not header.strip():
+        raise DataError("split CSV is empty", path=path)
+    try:
+        return csv.Sniffer().sniff(header, delimiters=",;").delimiter
+    except csv.Error:
+        return ","
+
+
+def _finish(df: pd.DataFrame, catalog: Catalog, root: Path) -> pd.DataFrame:
+    """Add meta columns, order modality columns as in the catalog, sort by patch id."""
+    for name in catalog.modality_names:
+        if name not in df.columns:
+            df[name] = pd.NA
+        df[name] = df[name].astype("string")
+    parsed = [parse_patch_id(pid) for pid in df.index]
+    df["domain"] = [p.domain for p in parsed]
+    df["year"] = pd.array([p.year for p in parsed], dtype="Int64")
+    df["roi"] = [p.roi for p in parsed]
+    df["row"] = pd.array([p.row for p in parsed], dtype="Int64")
+    df["col"] = pd.array([p.col for p in parsed], dtype="Int64")
+    extra = [c for c in df.columns if c not in catalog.modality_names and c not in META_COLUMNS]
+    df = df[catalog.modality_names + META_COLUMNS + extra].sort_index()
+    df.index.name = "patch_id"
+    df.attrs["root"] = str(root)
+    return df
+
+
+def read_split_csv(
+    csv_path: str | Path, root: str | Path | None = None, catalog: Catalog | None = None
+) -> pd.DataFrame:
+    """Read an official split CSV (`,` or `;`, sniffed); cells `../X` resolve to `root/X`.
+
+    Every cell is checked against its column and `patch_id` (a mismatch is a DataError).
+    """
+    cat = catalog or load_catalog()
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataError("split CSV not found", path=csv_path)
+    base = Path(root) if root is not None else csv_path.parent
+    raw = pd.read_csv(csv_path, sep=_sniff_delimiter(csv_path), dtype=str, keep_default_na=False)
+    if "patch_id" not in raw.columns:
+        raise DataError(
+            "split CSV has no 'patch_id' column",
+            path=csv_path,
+            expected="patch_id,<modality columns>",
+            found=",".join(raw.columns),
+        )
+    if raw["patch_id"].duplicated().any():
+        dup = raw.loc[raw["patch_id"].duplicated(), "patch_id"].iloc[0]
+        raise DataError(f"patch_id {dup!r} appears more than once", path=csv_path)
+    mods = [c for c in raw.columns if c in cat.modalities]
+    out = pd.DataFrame(index=pd.Index(raw["patch_id"], name="patch_id"))
+    for row_no, pid in enumerate(raw["patch_id"], start=2):
+        try:
+            parse_patch_id(pid)
+        except DataError as err:
+            raise DataError(f"line {row_no}: {err}", path=csv_path) from None
+    for mod in mods:
+        values = []
+        for row_no, (pid, cell) in enumerate(zip(raw["patch_id"], raw[mod], strict=True), start=2):
+            if not cell:
+                values.append(pd.NA)
+                continue
+            rel = cell.replace("\\", "/")
+            while rel.startswith("../") or rel.startswith("./"):
+                rel = rel.split("/", 1)[1]
+            expected = modality_path("", pid, mod, cat).as_posix()
+            if rel != expected:
+                raise DataError(
+                    f"line {row_no}, column {mod}: path does not match patch {pid}",
+                    path=csv_path,
+                    expected="../" + expected,
+                    found=cell,
+                )
+            values.append(str(base / rel))
+        out[mod] = values
+    df = _finish(out, cat, base)
+    df.attrs["split_csv"] = str(csv_path)
+    return df
+
+
+def scan_root(root: str | Path, catalog: Catalog | None = None) -> pd.DataFrame:
+    """Index a dataset folder by globbing `<root>/<DOMAIN>_<MOD>/<ROI>/*.tif`."""
+    cat = catalog or load_catalog()
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError("dataset root is not a folder", path=root)
+    records: dict[str, dict[str, str]] = {}
+    historical: list[tuple[str, str, Path]] = []  # (code_roi_pos key, modality, path)
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        m = re.match(r"^(D\d{3}(?:\d{3})?)-(\d{4}|195X)_(.+)$", folder.name)
+        if not m or m[3] not in cat.modalities:
+            continue
+        for tif in sorted(folder.glob("*/*.tif")):
+            pid, mod = parse_file_name(tif)
+            if mod != m[3] or not tif.name.startswith(folder.name + "_"):
+                raise DataError(
+                    "file is in the wrong folder",
+                    path=tif,
+                    expected=f"{folder.name}_...",
+                    found=tif.name,
+                )
+            if pid.split("_", 1)[0].endswith(HISTORICAL_YEAR):
+                code = pid.split("-", 1)[0]
+                historical.append((code + "_" + pid.split("_", 1)[1], mod, tif))
+            else:
+                records.setdefault(pid, {})[mod] = str(tif)
+    by_key = {pid.split("-", 1)[0] + "_" + pid.split("_", 1)[1]: pid for pid in records}
+    orphans = []
+    for key, mod, tif in historical:
+        if key in by_key:
+            records[by_key[key]][mod] = str(tif)
+        else:
+            orphans.append(str(tif))
+    df = pd.DataFrame.from_dict(records, orient="index")
+    if df.empty:
+        raise DataError(
+            "no FLAIR-HUB patch files found",
+            path=root,
+            expected="<root>/<DOMAIN>_<MODALITY>/<ROI>/*.tif",
+            found="nothing",
+        )
+    df = _finish(df, cat, root)
+    df.attrs["orphans"] = orphans  # historical files without a modern counterpart
+    split_gpkg = root / cat.metadata_dir / cat.split_gpkg
+    if split_gpkg.is_file():
+        df["split"] = _read_split_gpkg(split_gpkg).reindex(df.index).astype("string")
+    return df
+
+
+def _read_split_gpkg(path: Path) -> pd.Series:
+    import pyogrio
+
+    cols = [c for c in pyogrio.read_info(path)["fields"] if str(c).startswith("split")]
+    if "patch_id" not in pyogrio.read_info(path)["fields"] or not cols:
+        raise DataError("split GeoPackage needs 'patch_id' and a 'split_*' column", path=path)
+    col = "split_toy" if "split_toy" in cols else sorted(cols)[0]
+    df = pyogrio.read_dataframe(path, columns=["patch_id", col], read_geometry=False)
+    return df.set_index("patch_id")[col]
+
+
+def index_patches(
+    root_or_split_csv: str | Path | list[str | Path],
+    root: str | Path | None = None,
+    catalog: Catalog | None = None,
+) -> pd.DataFrame:
+    """Patch index: one row per patch id, one path column per modality (NA if missing).
+
+    Accepts a dataset root (scanned), one split CSV, or a list of split CSVs (a `split` column
+    is added from the file names: TRAIN/VALID/TEST). Meta columns: domain, year, roi, row, col.
+    `df.attrs["root"]` holds the dataset root used to find `GLOBAL_ALL_MTD/`.
+    """
+    cat = catalog or load_catalog()
+    if isinstance(root_or_split_csv, (list, tuple)):
+        frames = []
+        for p in root_or_split_csv:
+            f = read_split_csv(p, root, cat)
+            f["split"] = _split_name(Path(p))
+            frames.append(f)
+        df = pd.concat(frames)
+        if df.index.duplicated().any():
+            raise DataError(f"patch {df.index[df.index.duplicated()][0]!r} is in several splits")
+        df["split"] = df["split"].astype("string")
+        df.attrs = frames[0].attrs
+        return df.sort_index()
+    p = Path(root_or_split_csv)
+    if p.is_dir():
+        return scan_root(p, cat)
+    if p.suffix.lower() == ".csv":
+        return read_split_csv(p, root, cat)
+    raise DataError("expected a dataset folder or a split CSV", path=p)
+
+
+def _split_name(path: Path) -> str:
+    stem = path.stem.upper()
+    for key, name in (("TRAIN", "train"), ("VAL", "valid"), ("TEST", "test")):
+        if key in stem:
+            return name
+    return path.stem
+
+
+def source_index(source: str = "sample", catalog: Catalog | None = None) -> pd.DataFrame:
+    """Index of a catalog source from its split CSVs (falls back to scanning its root)."""
+    cat = catalog or load_catalog()
+    root = cat.source_root(source)
+    csvs = [root / name for name in cat.sources[source].splits.values()]
+    if csvs and all(c.is_file() for c in csvs):
+        return index_patches(csvs, root, cat)
+    return index_patches(root, catalog=cat)

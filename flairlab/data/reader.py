@@ -1,0 +1,272 @@
+"""Read FLAIR-HUB patches: rasters to numpy / xarray, dates from `GLOBAL_ALL_MTD` (spec §4, §5).
+
+Time series are stored date-major: 1-based band `t*C + c + 1` holds channel c of date t, so a
+`(T*C, H, W)` file reshapes to `(T, C, H, W)` by consecutive chunks of C (spec §4.6).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import rasterio
+import xarray as xr
+
+from flairlab.data.catalog import IGNORE_INDEX, Catalog, Modality, load_catalog
+from flairlab.data.errors import DataError
+from flairlab.data.index import modality_path, parse_patch_id
+
+
+def _parse_yyyymmdd(value: str, path: Path, patch_id: str) -> np.datetime64:
+    s = str(value).strip()
+    if len(s) != 8 or not s.isdigit():
+        raise DataError(f"date of {patch_id} is not YYYYMMDD", path=path, found=value)
+    if s[6:] == "00":  # unknown day (historical photos): lenient, as MAESTRO does (spec §5.2)
+        s = s[:6] + "01"
+    try:
+        return np.datetime64(f"{s[:4]}-{s[4:6]}-{s[6:]}", "D")
+    except ValueError:
+        raise DataError(
+            f"date of {patch_id} is not a calendar date", path=path, found=value
+        ) from None
+
+
+class DateTable(Mapping):
+    """patch_id -> datetime64[D] array of one date file; JSON is parsed lazily, per patch."""
+
+    def __init__(self, path: Path, raw: dict[str, str], fmt: str) -> None:
+        self.path, self._raw, self.format = path, raw, fmt
+
+    def __getitem__(self, patch_id: str) -> np.ndarray:
+        try:
+            value = self._raw[patch_id]
+        except KeyError:
+            raise DataError(f"no dates for patch {patch_id}", path=self.path) from None
+        if self.format == "yyyymmdd":
+            return np.array([_parse_yyyymmdd(value, self.path, patch_id)])
+        try:
+            obj = json.loads(value)
+        except (TypeError, json.JSONDecodeError):
+            raise DataError(
+                f"acquisition_dates of {patch_id} is not JSON",
+                path=self.path,
+                found=str(value)[:60],
+            ) from None
+        if not isinstance(obj, dict):
+            raise DataError(
+                f"acquisition_dates of {patch_id} must be a JSON object",
+                path=self.path,
+                found=type(obj).__name__,
+            )
+        keys = [str(k) for k in range(1, len(obj) + 1)]
+        if sorted(obj, key=lambda k: int(k) if str(k).isdigit() else -1) != keys:
+            raise DataError(
+                f"acquisition_dates keys of {patch_id}",
+                path=self.path,
+                expected=f'"1".."{len(obj)}"',
+                found=list(obj)[:5],
+            )
+        return np.array([_parse_yyyymmdd(obj[k], self.path, patch_id) for k in keys])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
+@lru_cache(maxsize=32)
+def _load_date_table(path: Path, column: str, fmt: str, mtime: float) -> DateTable:
+    import pyogrio
+
+    if not path.is_file():
+        raise DataError("date GeoPackage not found", path=path)
+    try:
+        df = pyogrio.read_dataframe(path, columns=["patch_id", column], read_geometry=False)
+    except Exception as err:  # pyogrio raises its own error types for bad files/columns
+        raise DataError(f"cannot read columns patch_id, {column}: {err}", path=path) from None
+    if df["patch_id"].duplicated().any():
+        raise DataError(
+            f"patch {df['patch_id'][df['patch_id'].duplicated()].iloc[0]} appears more than once",
+            path=path,
+        )
+    return DateTable(path, dict(zip(df["patch_id"], df[column], strict=True)), fmt)
+
+
+def read_dates(root: str | Path, modality: str, catalog: Catalog | None = None) -> DateTable:
+    """Dates of every patch for `modality` (a Mapping patch_id -> datetime64[D] array)."""
+    cat = catalog or load_catalog()
+    mod = cat.modality(modality)
+    if mod.dates is None:
+        raise DataError(f"modality {mod.name} has no dates in the catalog")
+    path = (Path(root) / cat.metadata_dir / mod.dates.file).resolve()
+    mtime = path.stat().st_mtime if path.exists() else 0.0
+    return _load_date_table(path, mod.dates.column, mod.dates.format, mtime)
+
+
+def _check_shape(arr: np.ndarray, mod: Modality, path: str | Path) -> None:
+    n = arr.shape[0]
+    if mod.time_series:
+        if n == 0 or n % mod.n_bands:
+            raise DataError(
+                f"{mod.name} band count must be a multiple of {mod.n_bands}",
+                path=path,
+                expected=f"T*{mod.n_bands}",
+                found=n,
+            )
+    elif n != mod.n_bands:
+        raise DataError(f"{mod.name} band count", path=path, expected=mod.n_bands, found=n)
+    h, w = arr.shape[-2:]
+    if h != w:
+        raise DataError(f"{mod.name} patch must be square", path=path, found=f"{h}x{w}")
+
+
+def read_raster(path: str | Path, modality: str, catalog: Catalog | None = None) -> np.ndarray:
+    """Read one patch file as numpy: `(C, H, W)`, or `(T, C, H, W)` for time series.
+
+    Any numeric dtype is accepted (spec B17); the band count is validated against the catalog.
+    """
+    mod = (catalog or load_catalog()).modality(modality)
+    try:
+        with rasterio.open(path) as src:
+            arr = src.read()
+    except rasterio.errors.RasterioIOError as err:
+        raise DataError(f"cannot read {mod.name} raster: {err}", path=path) from None
+    _check_shape(arr, mod, path)
+    if mod.time_series:
+        arr = arr.reshape(arr.shape[0] // mod.n_bands, mod.n_bands, *arr.shape[1:])
+    return arr
+
+
+def _resolve(
+    root_or_index: str | Path | pd.DataFrame, patch_id: str, name: str, cat: Catalog
+) -> tuple[Path, Path]:
+    """(file path, dataset root) from a root folder or an index DataFrame."""
+    if isinstance(root_or_index, pd.DataFrame):
+        idx = root_or_index
+        if patch_id not in idx.index:
+            raise DataError(f"patch {patch_id} is not in the index")
+        cell = idx.at[patch_id, name]
+        if pd.isna(cell):
+            raise DataError(f"patch {patch_id} has no {name} file in the index")
+        return Path(cell), Path(idx.attrs.get("root", Path(cell).parents[2]))
+    root = Path(root_or_index)
+    path = modality_path(root, patch_id, name, cat)
+    if not path.is_file():
+        raise DataError(f"{name} file of patch {patch_id} not found", path=path)
+    return path, root
+
+
+def open_patch(
+    root_or_index: str | Path | pd.DataFrame,
+    patch_id: str,
+    modality: str,
+    catalog: Catalog | None = None,
+) -> xr.DataArray:
+    """One patch and modality as a labelled `xarray.DataArray`.
+
+    Single-date: dims `(band, y, x)`; time series: `(time, band, y, x)` with `time` from the
+    GLOBAL_ALL_MTD date GeoPackages (the S2 mask uses the S2 dates). `x`/`y` are pixel centres
+    in the file's CRS; `band` holds the catalog band names.
+    """
+    cat = catalog or load_catalog()
+    mod = cat.modality(modality)
+    parse_patch_id(patch_id)
+    path, root = _resolve(root_or_index, patch_id, mod.name, cat)
+    try:
+        with rasterio.open(path) as src:
+            arr = src.read()
+            tr, crs = src.transform, src.crs
+    except rasterio.errors.RasterioIOError as err:
+        raise DataError(f"cannot read {mod.name} raster: {err}", path=path) from None
+    _check_shape(arr, mod, path)
+    if tr.b != 0 or tr.d != 0:
+        raise DataError("rotated geotransforms are not supported", path=path, found=tuple(tr)[:6])
+    h, w = arr.shape[-2:]
+    coords: dict[str, object] = {
+        "band": mod.band_names,
+        "y": tr.f + (np.arange(h) + 0.5) * tr.e,
+        "x": tr.c + (np.arange(w) + 0.5) * tr.a,
+    }
+    dims: tuple[str, ...] = ("band", "y", "x")
+    if mod.time_series:
+        arr = arr.reshape(arr.shape[0] // mod.n_bands, mod.n_bands, h, w)
+        dates = read_dates(root, mod.name, cat)[patch_id]
+        if len(dates) != arr.shape[0]:
+            raise DataError(
+                f"{mod.name}: number of dates of {patch_id} differs from T",
+                path=path,
+                expected=f"T={arr.shape[0]} (bands/{mod.n_bands})",
+                found=f"{len(dates)} dates in {mod.dates.file}",
+            )
+        coords["time"] = dates.astype("datetime64[ns]")
+        dims = ("time", "band", "y", "x")
+    da = xr.DataArray(arr, dims=dims, coords=coords, name=mod.name)
+    da.attrs.update(
+        crs=crs.to_string() if crs else None,
+        resolution=(tr.a, -tr.e),
+        modality=mod.name,
+        patch_id=patch_id,
+        path=str(path),
+        transform=tuple(tr)[:6],
+    )
+    return da
+
+
+def cosia_target(
+    labels: np.ndarray | xr.DataArray,
+    catalog: Catalog | None = None,
+    path: str | Path | None = None,
+) -> np.ndarray:
+    """COSIA labels for training/metrics: classes 15-18 -> IGNORE_INDEX; values > 18 raise.
+
+    Official metrics ignore 15-18 (spec §6.1); an unknown value is an error, never class 0.
+    """
+    nom = (catalog or load_catalog()).nomenclature("cosia")
+    return _label_target(labels, nom.n_classes, nom.ignored_ids, "COSIA", path)
+
+
+def lpis_target(
+    labels: np.ndarray | xr.DataArray,
+    level: int = 1,
+    catalog: Catalog | None = None,
+    path: str | Path | None = None,
+) -> np.ndarray:
+    """One LPIS level (1-3) as int64 class ids; values beyond the level's classes raise."""
+    arr = np.asarray(labels)
+    if arr.ndim == 3:
+        arr = arr[level - 1]
+    nom = (catalog or load_catalog()).nomenclature(f"lpis_l{level}")
+    return _label_target(arr, nom.n_classes, [], f"LPIS level {level}", path)
+
+
+def _label_target(
+    labels: np.ndarray | xr.DataArray,
+    n_classes: int,
+    ignored: list[int],
+    what: str,
+    path: str | Path | None,
+) -> np.ndarray:
+    arr = np.asarray(labels)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if path is None and isinstance(labels, xr.DataArray):
+        path = labels.attrs.get("path")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(f"{what} labels must be integers", path=path, found=arr.dtype)
+    if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
+        bad = np.unique(arr[(arr < 0) | (arr >= n_classes)])[:5].tolist()
+        raise DataError(
+            f"{what} label values out of range",
+            path=path,
+            expected=f"0..{n_classes - 1}",
+            found=bad,
+        )
+    out = arr.astype(np.int64)
+    if ignored:
+        out[np.isin(out, ignored)] = IGNORE_INDEX
+    return out

@@ -1,0 +1,171 @@
+"""Offline HTML export of prediction maps: a self-contained folium page, nothing fetched.
+
+Leaflet 1.9.4 and leaflet-side-by-side 2.2.0 are inlined from `flairlab/resources/leaflet/` (see
+its README; CSS images become `data:` URIs), with a shim so the split view clips ImageOverlay
+panes, a fixed legend, a layer control and opacity sliders. `offline_problems` lists any remote
+reference left in a page. The `Overlay` layers come from `flairlab.maps.leaflet`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from flairlab.data.catalog import Catalog
+from flairlab.data.errors import DataError
+from flairlab.maps.leaflet import Overlay, legend_entries, split_layers, union_bounds
+
+ASSETS = Path(__file__).resolve().parents[1] / "resources" / "leaflet"
+# a remote resource: src=/href= pointing at http(s) or protocol-relative URLs, or CSS url(http…)
+_REMOTE = re.compile(
+    r"""(?:\b(?:src|href)\s*=\s*["']?\s*(?:https?:)?//)"""
+    r"""|url\(\s*["']?(?:https?:)?//""",
+    re.IGNORECASE,
+)
+_ANCHOR = re.compile(r"<a\b[^>]*>", re.IGNORECASE)
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _inline_css(path: Path) -> str:
+    css = path.read_text(encoding="utf-8")
+    return re.sub(
+        r"url\((images/[\w.-]+\.png|range-icon\.png)\)",
+        lambda m: f"url({_data_uri(path.parent / m[1])})",
+        css,
+    )
+
+
+def offline_assets(split: bool) -> str:
+    """`<style>`/`<script>` tags for Leaflet (+ side-by-side and the pane shim when `split`)."""
+    parts = [
+        f"<style>{_inline_css(ASSETS / 'leaflet.css')}</style>",
+        f"<script>{(ASSETS / 'leaflet.js').read_text(encoding='utf-8')}</script>",
+    ]
+    if split:
+        sbs = ASSETS / "side-by-side"
+        for css in ("layout.css", "range.css"):
+            parts.append(f"<style>{_inline_css(sbs / css)}</style>")
+        js = (sbs / "index.js").read_text(encoding="utf-8")
+        parts.append(  # CommonJS module: hand it the global L and a no-op require for its CSS
+            "<script>(function (module) { var require = function (n) { "
+            "return n === 'leaflet' ? window.L : {}; };\n" + js + "\n})({exports: {}});\n"
+            # side-by-side clips layer.getContainer(); an ImageOverlay's container is its pane
+            "L.ImageOverlay.include({getContainer: function () {"
+            " return this._map.getPane(this.options.pane); }});</script>"
+        )
+    return "\n".join(parts)
+
+
+def _legend_html(entries: dict[str, str], title: str) -> str:
+    rows = "".join(
+        f'<div><i style="background:{c}"></i>{html.escape(k)}</div>' for k, c in entries.items()
+    )
+    return (
+        f'<div class="flairlab-legend"><b>{html.escape(title)}</b>{rows}</div>'
+        "<style>.flairlab-legend{position:absolute;z-index:1000;right:10px;bottom:20px;"
+        "background:rgba(255,255,255,.9);padding:6px 8px;font:12px sans-serif;"
+        "border-radius:4px;box-shadow:0 0 4px rgba(0,0,0,.3)}.flairlab-legend i{display:"
+        "inline-block;width:12px;height:12px;margin-right:6px;vertical-align:middle;"
+        "border:1px solid #555}</style>"
+    )
+
+
+def offline_problems(page: str) -> list[str]:
+    """Remote references (http(s) `src`/`href`/CSS `url(`) outside `<a>` attribution links."""
+    hits = []
+    for m in _REMOTE.finditer(page):
+        tag_start = page.rfind("<", 0, m.start())
+        if not _ANCHOR.match(page, tag_start):
+            hits.append(page[max(0, m.start() - 40) : m.end() + 60])
+    return hits
+
+
+def export_html(
+    overlays: Sequence[Overlay],
+    path: str | Path,
+    *,
+    split: Sequence[str] | None = ("prediction", "ground truth"),
+    nomenclature: str = "cosia",
+    title: str = "Classes",
+    catalog: Catalog | None = None,
+) -> Path:
+    """Self-contained HTML map (folium + inlined Leaflet, nothing fetched). Raises DataError if
+    a remote resource slipped into the page."""
+    import folium
+    from branca.element import Element, MacroElement, Template
+
+    panes = split_layers(overlays, split if split and len(overlays) > 1 else None)
+    m = folium.Map(tiles=None, control_scale=True, zoom_control=True, prefer_canvas=False)
+    m.default_js, m.default_css = [], []  # no CDN links: Leaflet is inlined below
+    root = m.get_root()
+    root.header.add_child(Element(offline_assets(bool(panes))), name="flairlab_leaflet")
+    for pane in panes.values():
+        folium.map.CustomPane(pane, z_index=450).add_to(m)
+    layers = {}
+    for ov in overlays:
+        layer = folium.raster_layers.ImageOverlay(
+            ov.data_url(),
+            bounds=ov.bounds,
+            name=ov.name,
+            opacity=ov.opacity,
+            show=ov.show,
+            pane=panes.get(ov.name, "overlayPane"),
+            className=f"flairlab-{ov.kind}",
+        )
+        layer.add_to(m)
+        layers[ov.name] = layer
+    folium.LayerControl(collapsed=False).add_to(m)
+    names = {n: layers[n].get_name() for n in layers}
+    js = []
+    if panes:
+        left, right = (names[n] for n in panes)
+        js.append(
+            f"L.control.sideBySide({left}, {right}).addTo({{{{ this._parent.get_name() }}}});"
+        )
+    sliders = json.dumps([[n, names[n]] for n in layers])
+    js.append(f"""(function (map) {{
+  var c = L.control({{position: 'topright'}});
+  c.onAdd = function () {{
+    var d = L.DomUtil.create('div', 'leaflet-bar flairlab-opacity');
+    d.style.background = 'white'; d.style.padding = '4px 6px'; d.style.font = '12px sans-serif';
+    {sliders}.forEach(function (p) {{
+      var layer = window[p[1]], row = L.DomUtil.create('div', '', d);
+      row.style.display = 'flex'; row.style.justifyContent = 'space-between';
+      row.style.alignItems = 'center'; row.style.gap = '6px';
+      row.appendChild(document.createTextNode(p[0]));
+      var s = L.DomUtil.create('input', '', row);
+      s.type = 'range'; s.min = 0; s.max = 1; s.step = 0.05; s.value = layer.options.opacity;
+      s.oninput = function () {{ layer.setOpacity(parseFloat(s.value)); }};
+    }});
+    L.DomEvent.disableClickPropagation(d);
+    return d;
+  }};
+  c.addTo(map);
+}})({{{{ this._parent.get_name() }}}});""")
+    macro = MacroElement()
+    macro._template = Template(
+        "{% macro script(this, kwargs) %}" + "\n".join(js) + "{% endmacro %}"
+    )
+    m.add_child(macro)
+    entries = legend_entries(overlays, nomenclature, catalog)
+    if entries:
+        root.html.add_child(Element(_legend_html(entries, title)))
+    root.header.add_child(
+        Element("<style>.flairlab-classes,.flairlab-error{image-rendering:pixelated}</style>")
+    )
+    m.fit_bounds(union_bounds(overlays))
+    page = root.render()
+    bad = offline_problems(page)
+    if bad:
+        raise DataError("exported map would fetch remote resources", expected="none", found=bad[:3])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,393 @@
+"""Inference over patches and whole zones, written as georeferenced Cloud-Optimized GeoTIFFs.
+
+Patch probabilities are mosaicked per zone (every selected patch of one `DOMAIN_ROI`) on the
+Lambert-93 grid of the patches' GeoTIFFs by `flairlab.maps.mosaic` (flat or raised-cosine blending
+where patches overlap; nodata 255 where nothing was predicted).
+
+Outputs per zone (`<out>/<DOMAIN_ROI>_*.tif`, EPSG of the patches, COG layout, deflate):
+`prediction` (uint8 class ids + the nomenclature's colour table), optional `probabilities`
+(uint8, one band per class, value = round(250·p), nodata 255), and, when labels exist, `truth`
+(the label mosaic, same colours) and `error` (0 correct, 1 wrong, 255 not evaluated).
+
+The model side is a protocol: `predict_fn(batch) -> Tensor (B, K, H, W)` (logits by default,
+`logits=False` for probabilities), with `batch["patch_id"]` naming the B patches.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from flairlab.data.catalog import Catalog, load_catalog
+from flairlab.data.errors import DataError
+from flairlab.data.index import parse_patch_id
+from flairlab.data.results import write_json_atomic
+from flairlab.maps.mosaic import (
+    ERROR_COLORS,
+    NODATA,
+    PROB_SCALE,
+    PatchGeo,
+    ZoneMosaic,
+    error_map,
+    read_label,
+    read_patch_geo,
+    write_cog,
+    zone_grid,
+    zone_metrics,
+)
+
+PredictFn = Callable[[dict[str, Any]], torch.Tensor]
+LABEL_MODALITY = {"cosia": "AERIAL_LABEL-COSIA", "lpis_l1": "ALL_LABEL-LPIS"}
+
+
+# -- inference -------------------------------------------------------------------------------------
+def iter_predictions(
+    predict_fn: PredictFn, batches: Iterable[dict[str, Any]], *, logits: bool = True
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Run `predict_fn` on each batch; yield `(patch_id, probabilities (K, H, W) float32)`."""
+    for batch in batches:
+        pids = list(batch["patch_id"])
+        with torch.inference_mode():
+            out = predict_fn(batch)
+        if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[0] != len(pids):
+            found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise DataError(
+                "predict_fn output", expected=f"Tensor ({len(pids)}, K, H, W)", found=found
+            )
+        out = out.detach().float()
+        probs = torch.softmax(out, dim=1) if logits else out
+        if not logits and (probs.min() < -1e-4 or probs.max() > 1 + 1e-4):
+            raise DataError(
+                "predict_fn probabilities (logits=False) outside [0, 1]",
+                found=(float(probs.min()), float(probs.max())),
+            )
+        yield from zip(pids, probs.cpu().numpy(), strict=True)
+
+
+@dataclass
+class ZoneResult:
+    """What `predict_zone` wrote for one zone (paths are None when not written)."""
+
+    zone: str
+    patch_ids: list[str]
+    prediction: Path
+    probabilities: Path | None = None
+    truth: Path | None = None
+    error: Path | None = None
+    aerial: list[Path] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    nomenclature: str = "cosia"
+
+
+def predict_zone(
+    predict_fn: PredictFn,
+    batches: Iterable[dict[str, Any]],
+    geos: Mapping[str, PatchGeo],
+    out_dir: str | Path,
+    zone: str,
+    *,
+    labels: Mapping[str, str | Path] | None = None,
+    nomenclature: str = "cosia",
+    blend: str = "average",
+    logits: bool = True,
+    probabilities: bool = False,
+    catalog: Catalog | None = None,
+) -> ZoneResult:
+    """Predict every patch of `geos` from `batches`, mosaic them and write the zone's COGs."""
+    cat = catalog or load_catalog()
+    nom = cat.nomenclature(nomenclature)
+    grid, out_dir = zone_grid(geos), Path(out_dir)
+    mosaic: ZoneMosaic | None = None
+    try:
+        for pid, p in iter_predictions(predict_fn, batches, logits=logits):
+            if mosaic is None:
+                if p.shape[0] > nom.n_classes:
+                    raise DataError(
+                        f"predict_fn returns {p.shape[0]} classes",
+                        expected=f"<= {nom.n_classes} ({nomenclature})",
+                        found=p.shape[0],
+                    )
+                mosaic = ZoneMosaic(grid, p.shape[0], blend, workdir=out_dir)
+            mosaic.add(pid, p)
+        missing = sorted(set(geos) - (mosaic.seen if mosaic else set()))
+        if missing:
+            raise DataError(
+                f"zone {zone}: no prediction for {len(missing)} patch(es)",
+                expected="every patch of the zone",
+                found=missing[:5],
+            )
+        pred = mosaic.classes()
+        tags = dict(zone=zone, nomenclature=nomenclature, blend=blend, patches=len(geos))
+
+        def write(kind: str, data: np.ndarray, **kw: Any) -> Path:
+            return write_cog(out_dir / f"{zone}_{kind}.tif", data, transform=grid.transform,
+                             crs=grid.crs, tags={**tags, **kw.pop("tags", {})}, **kw)  # fmt: skip
+
+        colors = nom.colors()
+        res = ZoneResult(zone, sorted(geos), write("prediction", pred, colormap=colors,
+                         descriptions=[f"{nomenclature} class"], resampling="mode"),
+                         nomenclature=nomenclature)  # fmt: skip
+        if probabilities:
+            res.probabilities = write(
+                "probabilities", mosaic.probabilities_uint8(), resampling="average",
+                descriptions=nom.names[: mosaic.n_classes], tags={"scale": f"1/{PROB_SCALE:g}"},
+            )  # fmt: skip
+    finally:
+        if mosaic is not None:
+            mosaic.close()
+    if labels:
+        truth = np.full(pred.shape, NODATA, np.uint8)
+        for pid in geos:
+            if pid in labels:
+                truth[grid.window(pid)] = read_label(labels[pid], nomenclature, cat)
+        res.truth = write("truth", truth, colormap=colors, resampling="mode",
+                          descriptions=[f"{nomenclature} label"])  # fmt: skip
+        res.error = write("error", error_map(pred, truth, nom.ignored_ids), colormap=ERROR_COLORS,
+                          descriptions=["0 correct, 1 wrong, 255 not evaluated"])  # fmt: skip
+        res.metrics = zone_metrics(pred, truth, nom)
+    return res
+
+
+# -- datasets, models, CLI ------------------------------------------------------------------------
+def select_patches(
+    index: Any, *, zone: str = "", patches: str | Sequence[str] = "", split: str = ""
+) -> list[str]:
+    """Patch ids from an index: an explicit (comma-separated) list, else every patch of the
+    (comma-separated) `DOMAIN_ROI` zones, optionally restricted to a split."""
+    if isinstance(patches, str):
+        patches = [p.strip() for p in patches.split(",") if p.strip()]
+    if patches:
+        unknown = [p for p in patches if p not in index.index]
+        if unknown:
+            raise DataError(
+                "patch ids not in the dataset", expected="ids of the index", found=unknown[:5]
+            )
+        return list(dict.fromkeys(patches))
+    df = index
+    if split:
+        if "split" not in df.columns:
+            raise DataError("the index has no split column", expected=split, found="none")
+        df = df[df["split"] == split]
+    if zone:
+        keys = df["domain"].astype(str) + "_" + df["roi"].astype(str)
+        zones = [z.strip() for z in zone.split(",") if z.strip()]
+        df = df[keys.isin(zones)]
+        if df.empty:
+            raise DataError(
+                "zone has no patches", expected="DOMAIN_ROI, e.g. D006-2020_FF-S1-14", found=zone
+            )
+    elif not split:
+        raise DataError("nothing selected", expected="zone, patches or split", found="none")
+    return list(df.index)
+
+
+def group_by_zone(patch_ids: Iterable[str]) -> dict[str, list[str]]:
+    """`{DOMAIN_ROI: [patch ids]}` (ROIs are only unique per domain, spec §12)."""
+    zones: dict[str, list[str]] = {}
+    for pid in patch_ids:
+        zones.setdefault(parse_patch_id(pid).roi_key, []).append(pid)
+    return zones
+
+
+def dataset_batches(
+    root: str | Path,
+    patch_ids: list[str],
+    *,
+    modalities: Sequence[str],
+    batch_size: int = 4,
+    num_workers: int = 0,
+    index: Any = None,
+    catalog: Catalog | None = None,
+) -> Iterable[dict[str, Any]]:
+    """Evaluation batches (no flips, deterministic dates) from `flairlab.data.dataset`;
+    `index`: the dataset's patch index when the caller has it (not rebuilt)."""
+    from torch.utils.data import DataLoader
+
+    from flairlab.data.dataset import FlairHubDataset, collate
+
+    ds = FlairHubDataset(
+        root, split=None, modalities=tuple(modalities), targets=(), train=False,
+        patch_ids=patch_ids, index=index, catalog=catalog,
+    )  # fmt: skip
+    return DataLoader(
+        ds, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers
+    )
+
+
+def predict(
+    predict_fn: PredictFn,
+    root: str | Path,
+    patch_ids: Sequence[str],
+    out_dir: str | Path,
+    *,
+    modalities: Sequence[str] = ("aerial",),
+    batch_size: int = 4,
+    nomenclature: str = "cosia",
+    blend: str = "average",
+    logits: bool = True,
+    probabilities: bool = False,
+    batches_for: Callable[[list[str]], Iterable[dict[str, Any]]] | None = None,
+    catalog: Catalog | None = None,
+    index: Any = None,
+) -> list[ZoneResult]:
+    """Predict `patch_ids` of the dataset at `root` (folder or catalog source name), one mosaic
+    per zone; writes the COGs and `<out_dir>/predictions.json`. Georeferencing comes from each
+    patch's AERIAL_RGBI file (else its label file); truth/error when labels exist. `index`:
+    the dataset's patch index if the caller built it (the root is resolved and indexed once)."""
+    from flairlab.data.dataset import dataset_index
+
+    cat = catalog or load_catalog()
+    if isinstance(root, str) and root in cat.sources:
+        root = cat.source_root(root)
+    root = Path(root)
+    if index is None:
+        index = dataset_index(root, cat)
+    select_patches(index, patches=list(patch_ids))  # unknown ids -> DataError
+    label_col = LABEL_MODALITY.get(nomenclature)
+    results = []
+    for zone, pids in tqdm(group_by_zone(patch_ids).items(), desc="zones", unit="zone"):
+        rows = index.loc[pids]
+        geo_paths = rows["AERIAL_RGBI"].fillna(
+            rows[label_col] if label_col else rows["AERIAL_RGBI"]
+        )
+        if geo_paths.isna().any():
+            raise DataError(
+                f"patch {geo_paths.index[geo_paths.isna()][0]} has no AERIAL_RGBI or "
+                "label file to georeference it",
+                path=root,
+            )
+        geos = {pid: read_patch_geo(p) for pid, p in geo_paths.items()}
+        labels = {p: v for p, v in rows[label_col].items() if not _isna(v)} if label_col else {}
+        batches = (
+            batches_for(pids)
+            if batches_for is not None
+            else dataset_batches(root, pids, modalities=modalities, batch_size=batch_size,
+                                 index=index, catalog=cat)
+        )
+        res = predict_zone(
+            predict_fn,
+            tqdm(batches, desc=zone, leave=False),
+            geos,
+            out_dir,
+            zone,
+            labels=labels,
+            nomenclature=nomenclature,
+            blend=blend,
+            logits=logits,
+            probabilities=probabilities,
+            catalog=cat,
+        )
+        res.aerial = [Path(p) for p in rows["AERIAL_RGBI"] if not _isna(p)]
+        results.append(res)
+    write_json_atomic(
+        Path(out_dir) / "predictions.json",
+        {
+            r.zone: {
+                "patch_ids": r.patch_ids,
+                "prediction": r.prediction,
+                "probabilities": r.probabilities,
+                "truth": r.truth,
+                "error": r.error,
+                "metrics": r.metrics,
+            }
+            for r in results
+        },
+    )
+    return results
+
+
+def load_segmentation_model(
+    checkpoint: str | Path | None,
+    *,
+    device: str = "cpu",
+    modalities: Sequence[str] = ("aerial",),
+    task: str = "cosia",
+    size: str = "nano",
+    image_size: dict[str, int] | None = None,
+    out_size: int = 512,
+) -> tuple[PredictFn, list[str]]:
+    """`(predict_fn, modalities)`: a fine-tuned `finetuned.safetensors` (its own modalities and
+    geometry), or, with no checkpoint, a freshly initialised encoder + head
+    (`flairlab.models.segmodel`, as `flairlab.training.finetune` builds its scratch baseline) for
+    smoke runs and tests."""
+    from flairlab.models import segmodel
+    from flairlab.models.heads import SegmentationHead
+
+    if checkpoint:
+        return segmodel.load_segmentation_model(checkpoint, device, out_size)
+    dev = segmodel.pick_device(device)
+    mods = list(modalities)
+    encoder, _ = segmodel.build_encoder(None, mods, size=size, image_size=image_size)
+    mc = encoder.config
+    ref = "aerial" if "aerial" in mods else max(mods, key=mc.token_grid)
+    head = SegmentationHead(mc.embed_dim, segmodel.n_classes_of(task), mc.token_grid(ref), out_size)
+    model = segmodel.SegmentationModel(encoder, head, mods).to(dev).eval()
+
+    def predict_fn(batch: dict[str, Any]) -> torch.Tensor:
+        return segmodel.predict_logits(model, segmodel.to_device(batch, dev), out_size)
+
+    return predict_fn, mods
+
+
+def _isna(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v)) or str(v) in ("<NA>", "nan")
+
+
+def _run(args: argparse.Namespace) -> int:
+    cat = load_catalog()
+    from flairlab.data.dataset import dataset_index
+
+    root = Path(args.root) if args.root else cat.source_root(args.source)
+    index = dataset_index(root, cat)
+    pids = select_patches(index, zone=args.zone, patches=args.patches, split=args.split)
+    model, modalities = load_segmentation_model(
+        args.checkpoint or None, device=args.device, modalities=args.modalities.split(",")
+    )
+    results = predict(
+        model,
+        root,
+        pids,
+        args.out,
+        modalities=modalities,
+        batch_size=args.batch_size,
+        blend=args.blend,
+        probabilities=args.probabilities,
+        catalog=cat,
+        index=index,
+    )
+    for r in results:
+        line = f"{r.zone}: {len(r.patch_ids)} patches -> {r.prediction}"
+        if r.metrics:
+            line += f"  (OA {r.metrics['oa']:.3f}, mIoU {r.metrics['miou']:.3f})"
+        print(line)
+        if args.html:
+            from flairlab.maps.html_map import export_html
+            from flairlab.maps.leaflet import zone_overlays
+
+            print("  map:", export_html(zone_overlays(r), Path(args.out) / f"{r.zone}_map.html"))
+    return 0
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="predict patches / zones and write COGs (+ HTML maps)")
+    p.add_argument("--source", default="sample", help="catalog data source (default: sample)")
+    p.add_argument("--root", default="", help="dataset folder (overrides --source)")
+    p.add_argument("--zone", default="", help="DOMAIN_ROI zone(s), comma-separated")
+    p.add_argument("--patches", default="", help="comma-separated patch ids")
+    p.add_argument("--split", default="", help="restrict to a split (train/valid/test)")
+    p.add_argument("--checkpoint", default="", help="fine-tuned checkpoint ('' = fresh model)")
+    p.add_argument("--out", default="outputs/predict", help="output folder")
+    p.add_argument("--blend", default="average", choices=["average", "smooth"])
+    p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--modalities", default="aerial", help="fresh model's inputs (no checkpoint)")
+    p.add_argument("--html", action="store_true", help="also export an offline HTML map per zone")
+    p.set_defaults(func=_run)

@@ -1,0 +1,9 @@
+"""Floor 3 — the models: pure `torch.nn` code and its weight files.
+
+`mae_config` (geometry, sizes, fusion modes), `mae` (the MAESTRO-style multimodal masked
+autoencoder, shapes in the docstrings), `masking`, `heads` (attentive segmentation / multilabel
+heads), `segmodel` (encoder + head, building from a checkpoint, fine-tuned files), `checkpoint`
+(safetensors + JSON config on disk), `contrastive_losses` / `ccl_kernel` (InfoNCE and CCL-K).
+
+Imports: `flairlab.data` (catalog, band lists) only.
+"""

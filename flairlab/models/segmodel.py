@@ -1,0 +1,277 @@
+"""Segmentation models for fine-tuning: MAE encoder + attentive head, checkpoints in and out.
+
+* `build_encoder`: a pretrained MAE from a pre-training checkpoint (`X.safetensors` + JSON
+  config; the geometry — image sizes, dates — may change, the architecture may not) restricted
+  to the requested modalities, or a fresh random one with the same construction (scratch).
+* `SegmentationModel`: `forward(batch) -> logits (B, n_classes, S, S)` (its loss and
+  evaluation live in `flairlab.training.metrics`);
+* task helpers: `n_classes_of`, `class_names`; `autocast` (bf16 on CUDA);
+* `save_finetuned` / `load_finetuned`: a fine-tuned model as `finetuned.safetensors` + `.json`
+  (everything needed to rebuild it); `predict_logits` adapts any evaluation batch (other image
+  sizes, e.g. the FLAIR-HUB defaults) to the model geometry and returns logits at `out_size`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from flairlab.data.catalog import load_catalog
+from flairlab.data.dataset import TARGETS
+from flairlab.data.errors import DataError
+from flairlab.data.results import write_json_atomic
+from flairlab.models.heads import SegmentationHead
+
+
+class SegmentationModel(nn.Module):
+    """Encoder (`forward_features(batch) -> {key: (B, D, g, g, E)}`) + attentive segmentation
+    head. `forward(batch) -> logits (B, n_classes, S, S)`; `frozen=True` detaches the features."""
+
+    def __init__(self, encoder: nn.Module, head: SegmentationHead, modalities: list[str]) -> None:
+        super().__init__()
+        self.encoder, self.head, self.modalities = encoder, head, list(modalities)
+
+    def features(self, batch: dict[str, Any], frozen: bool = False) -> dict[str, Tensor]:
+        if frozen:
+            with torch.no_grad():
+                feats = self.encoder.forward_features(batch)
+            feats = {k: v.detach() for k, v in feats.items()}
+        else:
+            feats = self.encoder.forward_features(batch)
+        return {k: feats[k] for k in self.modalities if k in feats}
+
+    def forward(self, batch: dict[str, Any], frozen: bool = False) -> Tensor:
+        return self.head(self.features(batch, frozen))
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()
+    }
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# -- building ----------------------------------------------------------------------------------
+def load_pretrained(checkpoint: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(state dict, MAE config dict) of a pre-training checkpoint: a `X.safetensors` file with
+    `X.json` beside it, or a checkpoint / run folder (`flairlab.models.checkpoint` layout)."""
+    from safetensors.torch import load_file
+
+    from flairlab.models.checkpoint import resolve_checkpoint
+
+    p = Path(checkpoint)
+    if p.is_file():
+        weights, cfg_path = p, p.with_suffix(".json")
+    elif p.is_dir():
+        ckpt = resolve_checkpoint(p)
+        weights, cfg_path = ckpt / "model.safetensors", ckpt / "model.json"
+    else:
+        raise DataError("checkpoint not found", path=p)
+    if not cfg_path.is_file():
+        raise DataError("checkpoint has no JSON model config beside it", path=weights,
+                        expected=cfg_path.name, found="none")  # fmt: skip
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    return load_file(str(weights)), cfg.get("model", cfg)
+
+
+def build_encoder(
+    checkpoint: str | Path | None,
+    modalities: list[str],
+    *,
+    size: str = "nano",
+    image_size: dict[str, int] | None = None,
+    patch_size: dict[str, int] | None = None,
+    n_dates: dict[str, int] | None = None,
+    fusion_mode: str = "inter-group",
+    load_weights: bool = True,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """MAE encoder for `modalities`: pretrained from `checkpoint` (its architecture; geometry
+    overrides allowed) or a fresh random one (scratch). `load_weights=False` copies only the
+    checkpoint's architecture (a scratch baseline that matches a pretrained model). Returns
+    (model, info)."""
+    from flairlab.models.mae import MAE
+    from flairlab.models.mae_config import MAEConfig, flair_modalities
+
+    if checkpoint:
+        state, cfg = load_pretrained(checkpoint)
+        saved = MAEConfig.from_dict(cfg)
+        missing = [k for k in modalities if k not in saved.modalities]
+        if missing:
+            raise DataError(
+                "modalities absent from the pretrained model",
+                path=checkpoint,
+                expected=list(saved.modalities),
+                found=missing,
+            )
+        mods = {}
+        for k in modalities:
+            m = copy.deepcopy(saved.modalities[k])
+            m.image_size = (image_size or {}).get(k, m.image_size)
+            m.n_dates = (n_dates or {}).get(k, m.n_dates)
+            mods[k] = m
+        config = MAEConfig.from_dict(
+            {**saved.to_dict(), "modalities": {k: asdict(m) for k, m in mods.items()}}
+        )
+        model = MAE(config)
+        info = {"pretrained": None, "architecture_from": str(checkpoint), "loaded_tensors": 0}
+        if load_weights:
+            own = model.state_dict()
+            usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+            enc_keys = [k for k in own if k.startswith(("patch_embed.", "encoders.", "inter."))]
+            lacking = [k for k in enc_keys if k not in usable]
+            if lacking:
+                raise DataError(
+                    "checkpoint does not fit the encoder",
+                    path=checkpoint,
+                    expected="all encoder weights",
+                    found=f"missing {lacking[:3]}",
+                )
+            model.load_state_dict(usable, strict=False)
+            info.update(pretrained=str(checkpoint), loaded_tensors=len(usable))
+    else:
+        config = MAEConfig(
+            modalities=flair_modalities(tuple(modalities), image_size, patch_size, n_dates),
+            size=size,
+            fusion_mode=fusion_mode,
+        )
+        model = MAE(config)
+        info = {"pretrained": None, "architecture_from": None, "loaded_tensors": 0}
+    info["config"] = config.to_dict()
+    return model, info
+
+
+# -- tasks ------------------------------------------------------------------------------------
+def n_classes_of(target: str) -> int:
+    """Logits per pixel: COSIA 15 (evaluated ids 0-14), LPIS level 1: 23."""
+    nom = load_catalog().nomenclature(TARGETS[target][2])
+    return len(nom.evaluated_ids)
+
+
+def class_names(target: str) -> list[str]:
+    nom = load_catalog().nomenclature(TARGETS[target][2])
+    return [nom.names[i] for i in nom.evaluated_ids]
+
+
+# -- precision --------------------------------------------------------------------------------
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA, a no-op elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+# -- fine-tuned checkpoints -----------------------------------------------------------------------
+DECODER_PREFIXES = ("encoder.decoders.", "encoder.enc_to_dec.", "encoder.mask_tokens.",
+                    "encoder.pixel_heads.")  # fmt: skip
+
+
+def save_finetuned(model: SegmentationModel, path: str | Path, meta: dict[str, Any]) -> Path:
+    """Weights (without the unused MAE decoder) as safetensors + `<path>.json` describing the
+    model (`model_config`, `task`, `modalities`, `n_classes`, `grid`, `label_size`, …)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+             if not k.startswith(DECODER_PREFIXES)}  # fmt: skip
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp))
+    tmp.replace(path)
+    write_json_atomic(path.with_suffix(".json"), {
+        "model_config": model.encoder.config.to_dict(), "modalities": model.modalities,
+        "n_classes": model.head.n_classes,
+        "feature_norm": model.head.feature_norm is not None, "grid": model.head.grid,
+        "label_size": model.head.out_size, **meta,
+    })  # fmt: skip
+    return path
+
+
+def load_finetuned(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[SegmentationModel, dict[str, Any]]:
+    """Rebuild a model written by `save_finetuned` (eval mode). Returns (model, metadata)."""
+    from safetensors.torch import load_file
+
+    from flairlab.models.mae import MAE
+    from flairlab.models.mae_config import MAEConfig
+
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if not path.is_file() or not meta_path.is_file():
+        raise DataError("fine-tuned model needs its .safetensors and .json", path=path)
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    encoder = MAE(MAEConfig.from_dict(meta["model_config"]))
+    head = SegmentationHead(
+        encoder.embed_dim,
+        meta["n_classes"],
+        meta["grid"],
+        meta["label_size"],
+        feature_norm=meta.get("feature_norm", False),
+    )
+    model = SegmentationModel(encoder, head, meta["modalities"])
+    state = load_file(str(path))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(DECODER_PREFIXES)]
+    if missing or unexpected:
+        raise DataError("fine-tuned weights do not fit their config", path=path,
+                        expected="matching tensors", found=f"missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]}")  # fmt: skip
+    return model.to(device).eval(), meta
+
+
+def adapt_batch(model: SegmentationModel, batch: dict[str, Any]) -> dict[str, Any]:
+    """Bring a batch to the model geometry: nearest resize per date to the configured image size;
+    if a series has another number of dates, D evenly spaced ones are kept (documented)."""
+    out = dict(batch)
+    for key in model.modalities:
+        m = model.encoder.config.modalities[key]
+        x, dates = batch[key], batch[f"{key}_dates"]
+        if x.shape[1] != m.n_dates:
+            idx = torch.linspace(0, x.shape[1] - 1, m.n_dates).round().long()
+            x, dates = x[:, idx.to(x.device)], dates[:, idx.to(dates.device)]
+        if x.shape[-1] != m.image_size:
+            h = x.shape[-1]
+            src = ((torch.arange(m.image_size) + 0.5) * h / m.image_size).long().clamp(max=h - 1)
+            src = src.to(x.device)
+            x = x[..., src[:, None], src[None, :]]
+        out[key], out[f"{key}_dates"] = x, dates
+    return out
+
+
+@torch.no_grad()
+def predict_logits(
+    model: SegmentationModel, batch: dict[str, Any], out_size: int | None = None
+) -> Tensor:
+    """Logits (B, n_classes, S, S) for any evaluation batch; bilinearly resized to `out_size`."""
+    logits = model(adapt_batch(model, batch)).float()
+    if out_size and logits.shape[-1] != out_size:
+        logits = F.interpolate(logits, size=(out_size, out_size), mode="bilinear",
+                               align_corners=False)  # fmt: skip
+    return logits
+
+
+def load_segmentation_model(checkpoint: str | Path, device: str = "cpu", out_size: int = 512):
+    """For `flairlab predict`: (predict_fn(batch) -> logits (B, K, out_size, out_size),
+    modalities) from a fine-tuned `finetuned.safetensors`."""
+    if not checkpoint:
+        raise DataError("predict needs a fine-tuned model", expected="finetuned.safetensors",
+                        found="none")  # fmt: skip
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))  # fmt: skip
+    model, _ = load_finetuned(checkpoint, dev)
+
+    def predict_fn(batch: dict[str, Any]) -> Tensor:
+        batch = {k: v.to(dev) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        return predict_logits(model, batch, out_size)
+
+    return predict_fn, list(model.modalities)
