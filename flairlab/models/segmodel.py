@@ -27,14 +27,17 @@ from flairlab.data.catalog import load_catalog
 from flairlab.data.dataset import TARGETS
 from flairlab.data.errors import DataError
 from flairlab.data.results import write_json_atomic
-from flairlab.models.heads import SegmentationHead
+from flairlab.models.heads import SegmentationHead, UpsampleHead
+
+HEADS = ("upsample", "attentive")  # flairlab's CPU default, MAESTRO's head
 
 
 class SegmentationModel(nn.Module):
-    """Encoder (`forward_features(batch) -> {key: (B, D, g, g, E)}`) + attentive segmentation
-    head. `forward(batch) -> logits (B, n_classes, S, S)`; `frozen=True` detaches the features."""
+    """Encoder (`forward_features(batch) -> {key: (B, D, g, g, E)}`) + segmentation head
+    (`SegmentationHead` or `UpsampleHead`, which also reads the batch's inputs).
+    `forward(batch) -> logits (B, n_classes, S, S)`; `frozen=True` detaches the features."""
 
-    def __init__(self, encoder: nn.Module, head: SegmentationHead, modalities: list[str]) -> None:
+    def __init__(self, encoder: nn.Module, head: nn.Module, modalities: list[str]) -> None:
         super().__init__()
         self.encoder, self.head, self.modalities = encoder, head, list(modalities)
 
@@ -48,7 +51,41 @@ class SegmentationModel(nn.Module):
         return {k: feats[k] for k in self.modalities if k in feats}
 
     def forward(self, batch: dict[str, Any], frozen: bool = False) -> Tensor:
+        if getattr(self.head, "needs_inputs", False):
+            return self.head(self.features(batch, frozen), batch)
         return self.head(self.features(batch, frozen))
+
+
+def build_head(
+    kind: str,
+    config: Any,
+    modalities: list[str],
+    n_classes: int,
+    label_size: int,
+    *,
+    dim: int = 32,
+    feature_norm: bool = False,
+) -> nn.Module:
+    """Segmentation head on the reference grid of an encoder `config` (`MAEConfig`): aerial when
+    it is an input, else the finest token grid. `kind`: "upsample" (`UpsampleHead`, width `dim`)
+    or "attentive" (MAESTRO's `SegmentationHead`)."""
+    mods = list(modalities)
+    ref = "aerial" if "aerial" in mods else max(mods, key=config.token_grid)
+    grid = config.token_grid(ref)
+    if kind == "attentive":
+        return SegmentationHead(config.embed_dim, n_classes, grid, label_size,
+                                feature_norm=feature_norm)  # fmt: skip
+    if kind == "upsample":
+        in_ch = sum(config.modalities[k].n_dates * config.modalities[k].in_chans for k in mods)
+        return UpsampleHead(config.embed_dim, n_classes, grid, label_size, in_ch, mods, dim=dim,
+                            feature_norm=feature_norm)  # fmt: skip
+    raise DataError("segmentation head", expected=HEADS, found=kind)
+
+
+def head_meta(head: nn.Module) -> dict[str, Any]:
+    """What `build_head` needs to rebuild `head` (stored beside fine-tuned weights)."""
+    kind = "upsample" if isinstance(head, UpsampleHead) else "attentive"
+    return {"head": kind, "head_dim": getattr(head, "dim", 0)}
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -165,9 +202,13 @@ def class_names(target: str) -> list[str]:
 
 
 # -- precision --------------------------------------------------------------------------------
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA, a no-op elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+def autocast(device: torch.device, precision: str | None = None):
+    """Autocast for a resolved Lightning-style `precision` ("bf16-mixed", "16-mixed", "32-true");
+    None: bf16 on CUDA, a no-op elsewhere."""
+    if precision is None:
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    dtype = torch.float16 if precision.startswith("16") else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=precision != "32-true")
 
 
 # -- fine-tuned checkpoints -----------------------------------------------------------------------
@@ -191,7 +232,7 @@ def save_finetuned(model: SegmentationModel, path: str | Path, meta: dict[str, A
         "model_config": model.encoder.config.to_dict(), "modalities": model.modalities,
         "n_classes": model.head.n_classes,
         "feature_norm": model.head.feature_norm is not None, "grid": model.head.grid,
-        "label_size": model.head.out_size, **meta,
+        "label_size": model.head.out_size, **head_meta(model.head), **meta,
     })  # fmt: skip
     return path
 
@@ -211,13 +252,9 @@ def load_finetuned(
         raise DataError("fine-tuned model needs its .safetensors and .json", path=path)
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     encoder = MAE(MAEConfig.from_dict(meta["model_config"]))
-    head = SegmentationHead(
-        encoder.embed_dim,
-        meta["n_classes"],
-        meta["grid"],
-        meta["label_size"],
-        feature_norm=meta.get("feature_norm", False),
-    )
+    head = build_head(meta.get("head", "attentive"), encoder.config, meta["modalities"],
+                      meta["n_classes"], meta["label_size"], dim=meta.get("head_dim", 32),
+                      feature_norm=meta.get("feature_norm", False))  # fmt: skip
     model = SegmentationModel(encoder, head, meta["modalities"])
     state = load_file(str(path))
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -6,8 +6,11 @@ Kept apart from `flairlab.training.pretrain` so that the loop itself reads top t
 from __future__ import annotations
 
 import csv
+import json
 import os
+import platform
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +49,94 @@ def cpu_budget() -> int:
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
+    """`auto` → bf16 autocast on CUDA GPUs that support it (else fp16), and on a CPU whichever of
+    fp32 and bf16 autocast `measure_cpu_precision` finds faster; other values are kept."""
     if precision != "auto":
         return precision
     if accelerator == "cuda" or (accelerator == "auto" and torch.cuda.is_available()):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_supports_bf16() else "32-true"
+    return measure_cpu_precision()["precision"]
+
+
+_PRECISION: dict[str, dict[str, Any]] = {}  # per process: machine key -> measurement
+
+
+def _machine_key() -> str:
+    """CPU model, torch version and torch threads: what the precision measurement depends on."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
+    cpu = names[0] if names else platform.processor() or platform.machine()
+    return f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+def _precision_cache() -> Path:
+    base = os.environ.get("FLAIRLAB_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
+    return Path(base or Path.home() / ".cache") / "flairlab" / "precision.json"
+
+
+def _block_step_seconds(bf16: bool, parts: tuple, limit: float) -> float:
+    """Best of 3 forward + backward passes of the benchmark block (stops early past `limit` s)."""
+    block, embed, tokens, image = parts
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = block(tokens).float().square().mean() + embed(image).float().square().mean()
+        loss.backward()
+        best = min(best, time.perf_counter() - t0)
+        if best > limit:
+            break
+    return best
+
+
+def measure_cpu_precision(refresh: bool = False) -> dict[str, Any]:
+    """Time one training step of a nano-sized model slice — a patch embedding (conv 16 px +
+    GroupNorm on a 4 × 128² px batch) and a transformer block (LayerNorm, attention, MLP; 96
+    wide, 4 × 280 tokens), forward + backward — in fp32 and under bf16 autocast, alternately,
+    with the threads torch uses now. bf16 is picked only when it is at least 1.25× faster (it
+    also costs precision). ~1 s, cached per process and in `~/.cache/flairlab/precision.json`
+    (per CPU model, torch version and thread count; `FLAIRLAB_CACHE_DIR` moves it).
+
+    On the AMD EPYC (AVX-512 BF16) of the project machines both take the same time → fp32; on
+    AVX2-only CPUs bf16 is emulated and ~10× slower → fp32; AMX CPUs → bf16.
+
+    Returns {"precision": "32-true" | "bf16-mixed", "fp32_ms", "bf16_ms", "key"}."""
+    key = _machine_key()
+    if not refresh and key in _PRECISION:
+        return _PRECISION[key]
+    path = _precision_cache()
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stored = {}
+    if not refresh and isinstance(stored.get(key), dict) and "precision" in stored[key]:
+        _PRECISION[key] = stored[key]
+        return stored[key]
+    from flairlab.models.mae import PatchEmbed, Transformer
+
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng():  # leave the caller's random stream untouched
+        torch.manual_seed(0)
+        parts = (Transformer(96, 1, 3, 32, 192), PatchEmbed([[0, 1, 2, 3]], 16, 96),
+                 torch.randn(4, 280, 96, generator=g), torch.randn(4, 1, 4, 128, 128, generator=g))
+    fp32 = bf16 = float("inf")
+    _block_step_seconds(False, parts, 0.0)  # warm-up: kernels are created on the first call
+    _block_step_seconds(True, parts, 0.0)
+    for _ in range(2):  # alternate, so that both see the same machine load
+        fp32 = min(fp32, _block_step_seconds(False, parts, 1.0))
+        bf16 = min(bf16, _block_step_seconds(True, parts, 3 * fp32))
+    result = {"precision": "bf16-mixed" if bf16 * 1.25 <= fp32 else "32-true",
+              "fp32_ms": 1e3 * fp32, "bf16_ms": 1e3 * bf16, "key": key}  # fmt: skip
+    _PRECISION[key] = result
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {**stored, key: result})
+    except OSError:
+        pass  # a read-only home: measured again in the next process
+    return result
 
 
 class EpochBatchSampler:

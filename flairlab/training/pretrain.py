@@ -161,7 +161,7 @@ def pretrain(
         raise DataError("train.grad_accum", expected=f"≤ {sampler.per_epoch} (batches per epoch)",
                         found=tc.grad_accum)  # fmt: skip
     sampler.per_epoch = steps_per_epoch * tc.grad_accum  # no partial accumulation at epoch end
-    total = steps_per_epoch * tc.epochs
+    total = tc.steps or steps_per_epoch * tc.epochs
     sched = one_cycle_scheduler(opt, total, tc.final_factor, tc.warmup_frac)
 
     step = 0
@@ -239,7 +239,7 @@ def pretrain(
     summary = {
         "step": step,
         "total_steps": total,
-        "epochs": tc.epochs,
+        "epochs": total / steps_per_epoch,
         "world_size": world,
         "precision": resolve_precision(tc.precision, tc.accelerator),
         "device": str(fabric.device),
