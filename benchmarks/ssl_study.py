@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: 2 shared cores
+os.environ.setdefault("TQDM_DISABLE", "1")  # a log file, not a terminal
 
 import argparse
 import json
@@ -167,16 +168,17 @@ def main() -> int:
     ap.add_argument("--work", default=str(REPO / "outputs" / "ssl_study"))
     ap.add_argument("--report", default=str(REPO / "benchmarks" / "reported" / "ssl_study"))
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--pretrain-steps", type=int, default=1500)
+    ap.add_argument("--pretrain-steps", type=int, default=1000)
     ap.add_argument("--pretrain-batch", type=int, default=8)
     ap.add_argument("--head", default="upsample")
     ap.add_argument("--probe-steps", type=int, default=30)
-    ap.add_argument("--max-steps", type=int, default=1200)
-    ap.add_argument("--eval-every", type=int, default=40)
+    ap.add_argument("--max-steps", type=int, default=1500)
+    ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--patience", type=int, default=4)
     ap.add_argument("--plateau", type=float, default=0.02)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    args.commit = git_commit()  # the code that runs (recorded at the start)
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads)
     root, work = Path(args.root), Path(args.work)
@@ -204,9 +206,13 @@ def main() -> int:
 
 
 def git_commit() -> str:
+    """HEAD, with `+dirty` when tracked files differ from it."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()  # fmt: skip
+        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "-uno") else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -230,7 +236,7 @@ def write_report(runs, pre, diag, seeds, args, seconds: float) -> None:
             "selected": per_run(lambda r: r["steps"]["selected"]),
         },
         "pipeline": cmd.strip(),
-        "commit": git_commit(),
+        "commit": args.commit,
     }
     write_json_atomic(report.with_suffix(".json"), study)
     floors = {f: [r["baseline"]["test_miou"] for r in runs["scratch"][f]] for f in FRACTIONS}

@@ -177,8 +177,11 @@ def plot_predictions(
             panels.append(("floor: per-pixel logistic", floor[r], kw))
         for c, (name, img, opts) in enumerate(panels):
             axes[r, c].imshow(img, **opts)
-            axes[r, c].set_title(f"{name}\n{pid}" if c == 0 else name, fontsize=8)
-            axes[r, c].axis("off")
+            if r == 0:
+                axes[r, c].set_title(name, fontsize=9)
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+        axes[r, 0].set_ylabel(pid, fontsize=8)
     shown = np.union1d(np.unique(truth[truth != IGNORE_INDEX]), np.unique(pred))
     if floor is not None:
         shown = np.union1d(shown, np.unique(floor))
