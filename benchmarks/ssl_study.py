@@ -70,29 +70,37 @@ def plateau(metrics: list[dict[str, float]], key: str = "loss") -> dict[str, flo
 
 
 def pretrain_arm(name: str, root: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Pre-train with `--pretrain-steps`; while the loss has not plateaued, again with twice the
+    steps (a new run: the one-cycle schedule spans the whole budget), up to 8× the start."""
     from flairlab.training.pretrain import pretrain
 
-    out = work / f"pretrain_{name}"
-    if (out / "summary.json").exists():
-        summary = json.loads((out / "summary.json").read_text())
-    else:
-        cfg = preset_config("cpu")
-        extra = PRETRAIN[name]
-        cfg["output_dir"] = str(out)
-        cfg["seed"] = 0
-        cfg["resume"] = (out / "checkpoints" / "latest.json").exists()
-        cfg["data"] = {**cfg["data"], "source": str(root), "split": "train", "n_patches": 0,
-                       "cache": True}  # fmt: skip
-        cfg["train"] = {**cfg["train"], "steps": args.pretrain_steps, "epochs": 0,
-                        "batch_size": args.pretrain_batch, "threads": args.threads,
-                        "precision": "32-true", "log_every": 5, "ckpt_every": 250,
-                        **extra}  # fmt: skip
-        log(f"pre-training {name}: {args.pretrain_steps} steps")
-        summary = pretrain(cfg, progress=False)
-    rows = json.loads((out / "metrics.json").read_text())
+    steps = args.pretrain_steps
     key = "loss_mae" if name == "mae" else "contrastive_loss"
-    return {"run": str(out), "summary": summary, "plateau": plateau(rows, key),
-            "curve": [(r["step"], r[key]) for r in rows]}  # fmt: skip
+    while True:
+        out = work / f"pretrain_{name}_{steps}"
+        if (out / "summary.json").exists():
+            summary = json.loads((out / "summary.json").read_text())
+        else:
+            cfg = preset_config("cpu")
+            cfg["output_dir"] = str(out)
+            cfg["seed"] = 0
+            cfg["resume"] = (out / "checkpoints" / "latest.json").exists()
+            cfg["data"] = {**cfg["data"], "source": str(root), "split": "train", "n_patches": 0,
+                           "cache": True}  # fmt: skip
+            cfg["train"] = {**cfg["train"], "steps": steps, "epochs": 0,
+                            "batch_size": args.pretrain_batch, "threads": args.threads,
+                            "precision": "32-true", "log_every": 5, "ckpt_every": 250,
+                            **PRETRAIN[name]}  # fmt: skip
+            log(f"pre-training {name}: {steps} steps")
+            summary = pretrain(cfg, progress=False)
+        rows = json.loads((out / "metrics.json").read_text())
+        flat = plateau(rows, key)
+        log(f"pre-training {name}, {steps} steps: {flat}")
+        if flat["relative_change"] < args.plateau or steps >= 8 * args.pretrain_steps:
+            return {"run": str(out), "summary": summary, "plateau": flat,
+                    "plateaued": flat["relative_change"] < args.plateau,
+                    "curve": [(r["step"], r[key]) for r in rows]}  # fmt: skip
+        steps *= 2
 
 
 def finetune_arm(
@@ -190,8 +198,6 @@ def main() -> int:
         make_sample(root, all_toy=True, progress=False)
 
     pre = {name: pretrain_arm(name, root, work, args) for name in PRETRAIN}
-    for name, p in pre.items():
-        log(f"pre-training {name}: plateau {p['plateau']}")
     checkpoints = {name: p["run"] for name, p in pre.items()}
     seeds = [int(s) for s in args.seeds.split(",")]
     runs: dict[str, dict[str, list[dict]]] = {a: {f: [] for f in FRACTIONS} for a in ARMS}
@@ -243,7 +249,7 @@ def write_report(runs, pre, diag, seeds, args, seconds: float) -> None:
     details = {
         "seeds": seeds, "arguments": vars(args), "seconds": seconds,
         "floor_test_miou": floors,
-        "pretrain": {k: {kk: v[kk] for kk in ("run", "plateau", "summary", "curve")}
+        "pretrain": {k: {kk: v[kk] for kk in ("run", "plateau", "plateaued", "summary", "curve")}
                      for k, v in pre.items()},
         "diagnostics": diag,
         "runs": {a: {f: [{k: r[k] for k in ("seed", "test_miou", "test_oa", "steps",

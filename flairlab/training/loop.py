@@ -62,14 +62,14 @@ _PRECISION: dict[str, dict[str, Any]] = {}  # per process: machine key -> measur
 
 
 def _machine_key() -> str:
-    """CPU model, torch version and torch threads: what the precision measurement depends on."""
+    """CPU model and torch version: what the precision measurement depends on."""
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
         lines = []
     names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
     cpu = names[0] if names else platform.processor() or platform.machine()
-    return f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    return f"{cpu} | torch {torch.__version__}"
 
 
 def _precision_cache() -> Path:
@@ -78,10 +78,10 @@ def _precision_cache() -> Path:
 
 
 def _block_step_seconds(bf16: bool, parts: tuple, limit: float) -> float:
-    """Best of 3 forward + backward passes of the benchmark block (stops early past `limit` s)."""
+    """Best of 2 forward + backward passes of the benchmark block (stops early past `limit` s)."""
     block, embed, tokens, image = parts
     best = float("inf")
-    for _ in range(3):
+    for _ in range(2):
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = block(tokens).float().square().mean() + embed(image).float().square().mean()
@@ -95,15 +95,19 @@ def _block_step_seconds(bf16: bool, parts: tuple, limit: float) -> float:
 def measure_cpu_precision(refresh: bool = False) -> dict[str, Any]:
     """Time one training step of a nano-sized model slice — a patch embedding (conv 16 px +
     GroupNorm on a 4 × 128² px batch) and a transformer block (LayerNorm, attention, MLP; 96
-    wide, 4 × 280 tokens), forward + backward — in fp32 and under bf16 autocast, alternately,
-    with the threads torch uses now. bf16 is picked only when it is at least 1.25× faster (it
-    also costs precision). ~1 s, cached per process and in `~/.cache/flairlab/precision.json`
-    (per CPU model, torch version and thread count; `FLAIRLAB_CACHE_DIR` moves it).
+    wide, 4 × 280 tokens), forward + backward — in fp32 and under bf16 autocast, back to back
+    (5 pairs; the median of the pairwise ratios decides), on one thread: what decides is the
+    instruction set, and one thread is not thrown off by other jobs on a shared machine (two
+    threads waiting for each other were measured 3-10× off there). bf16 is picked only when it
+    is at least 1.25× faster (ratio ≤ 0.8; it also costs precision). ~2-3 s, cached per process
+    and in `~/.cache/flairlab/precision.json` (per CPU model and torch version;
+    `FLAIRLAB_CACHE_DIR` moves it).
 
     On the AMD EPYC (AVX-512 BF16) of the project machines both take the same time → fp32; on
     AVX2-only CPUs bf16 is emulated and ~10× slower → fp32; AMX CPUs → bf16.
 
-    Returns {"precision": "32-true" | "bf16-mixed", "fp32_ms", "bf16_ms", "key"}."""
+    Returns {"precision": "32-true" | "bf16-mixed", "fp32_ms", "bf16_ms" (medians),
+    "bf16_over_fp32", "key"}."""
     key = _machine_key()
     if not refresh and key in _PRECISION:
         return _PRECISION[key]
@@ -122,14 +126,22 @@ def measure_cpu_precision(refresh: bool = False) -> dict[str, Any]:
         torch.manual_seed(0)
         parts = (Transformer(96, 1, 3, 32, 192), PatchEmbed([[0, 1, 2, 3]], 16, 96),
                  torch.randn(4, 280, 96, generator=g), torch.randn(4, 1, 4, 128, 128, generator=g))
-    fp32 = bf16 = float("inf")
-    _block_step_seconds(False, parts, 0.0)  # warm-up: kernels are created on the first call
-    _block_step_seconds(True, parts, 0.0)
-    for _ in range(2):  # alternate, so that both see the same machine load
-        fp32 = min(fp32, _block_step_seconds(False, parts, 1.0))
-        bf16 = min(bf16, _block_step_seconds(True, parts, 3 * fp32))
-    result = {"precision": "bf16-mixed" if bf16 * 1.25 <= fp32 else "32-true",
-              "fp32_ms": 1e3 * fp32, "bf16_ms": 1e3 * bf16, "key": key}  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _block_step_seconds(False, parts, 0.0)  # warm-up: kernels are created on the first call
+        _block_step_seconds(True, parts, 0.0)
+        pairs = []
+        for _ in range(5):  # back to back, so that both see the same machine load
+            fp32 = _block_step_seconds(False, parts, 1.0)
+            pairs.append((fp32, _block_step_seconds(True, parts, 3 * fp32)))
+    finally:
+        torch.set_num_threads(threads)
+    ratio = float(np.median([b / f for f, b in pairs]))
+    fp32, bf16 = float(np.median([f for f, _ in pairs])), float(np.median([b for _, b in pairs]))
+    result = {"precision": "bf16-mixed" if ratio <= 0.8 else "32-true",
+              "fp32_ms": 1e3 * fp32, "bf16_ms": 1e3 * bf16, "bf16_over_fp32": ratio,
+              "key": key}  # fmt: skip
     _PRECISION[key] = result
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
