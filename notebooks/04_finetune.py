@@ -33,6 +33,7 @@ head: str = "upsample"  # upsample (light decoder reading the inputs) or attenti
 probe_steps: int = 30  # optimiser steps of the probe (encoder frozen, head only)
 finetune_steps: int = 200  # optimiser steps of fine-tuning (evaluated with EMA weights)
 eval_every: int = 25  # validation every N optimiser steps (0: at the end of each phase)
+patience: int = 0  # stop after N validations without a better val mIoU, keep the best; 0: off
 batch_size: int = 4  # patches per step
 head_lr: float = 1e-2  # base learning rate of the head (probe and fine-tuning), × sqrt(batch / 3)
 finetune_lr: float = 1e-3  # base learning rate of the encoder in fine-tuning, × sqrt(batch / 3)
@@ -75,8 +76,8 @@ cfg = FinetuneConfig(
     image_size=parse_mapping(image_size), patch_size=parse_mapping(patch_size),
     n_dates=parse_mapping(n_dates), label_size=label_size,
     label_fraction=label_fraction, probe_steps=probe_steps, finetune_steps=finetune_steps,
-    eval_every=eval_every, batch_size=batch_size, head_lr=head_lr, finetune_lr=finetune_lr,
-    feature_norm=feature_norm, baseline=baseline, precision=precision,
+    eval_every=eval_every, patience=patience, batch_size=batch_size, head_lr=head_lr,
+    finetune_lr=finetune_lr, feature_norm=feature_norm, baseline=baseline, precision=precision,
     threads=threads, seed=seed, source=source, device=device,
 )
 cfg

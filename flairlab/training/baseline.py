@@ -150,7 +150,7 @@ def run_baseline(
     modalities: list[str],
     size: int,
     *,
-    max_pixels: int = 50_000,
+    max_pixels: int = 30_000,
     l2: float = 1e-4,
     max_iter: int = 100,
     seed: int = 0,

@@ -236,6 +236,7 @@ class PhaseResult:
     best: dict[str, Tensor] | None  # state dict of the best validation (patience > 0)
     best_step: int
     stopped_at: int
+    compute_seconds: float  # forward, backward and optimiser steps (not data, not validation)
 
 
 def train_phase(
@@ -318,7 +319,7 @@ def train_phase(
                     if waited >= cfg.patience:
                         break
     bar.close()
-    return PhaseResult(history, log, best, best_step, step0 + step)
+    return PhaseResult(history, log, best, best_step, step0 + step, compute_s)
 
 
 # -- one run ------------------------------------------------------------------------------------
@@ -449,7 +450,7 @@ def run_finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
         "baseline": floor,
         "baseline_test_miou": floor["test_miou"] if floor else None,
         "data_seconds": stream.wait_s,
-        "compute_seconds": sum(h["compute_seconds"] for h in history if "compute_seconds" in h),
+        "compute_seconds": probe.compute_seconds + fine.compute_seconds,
         "seconds": time.perf_counter() - t_start,
     }
     save_results(out, results)
