@@ -103,6 +103,24 @@ def test_auto_precision_picks_the_measured_faster_and_caches_it(tmp_path, monkey
     assert loop.resolve_precision("32-true", "cpu") == "32-true"  # explicit values are kept
 
 
+def test_free_cpus_leaves_the_cores_that_other_jobs_use(tmp_path, monkeypatch):
+    fake = tmp_path / "loadavg"
+    monkeypatch.setattr(loop, "LOADAVG", fake)
+    monkeypatch.setattr(loop, "cpu_budget", lambda: 4)
+    for running, free in ((1, 4), (2, 3), (4, 1), (9, 1)):  # the reader counts itself
+        fake.write_text(f"5.0 5.0 5.0 {running}/120 4242\n")
+        assert loop.free_cpus(samples=2) == free
+    fake.write_text("garbage")
+    assert loop.free_cpus() == 4  # unreadable: the budget
+    fake.write_text("0.1 0.1 0.1 1/80 1\n")
+    before = torch.get_num_threads()
+    try:
+        assert loop.set_threads(0) == min(before, 4) and loop.set_threads(1) == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_precision_benchmark_runs_for_real():
     res = loop.measure_cpu_precision(refresh=True)
     assert res["precision"] in ("32-true", "bf16-mixed")

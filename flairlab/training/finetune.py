@@ -69,7 +69,7 @@ from flairlab.models.segmodel import (
     to_device,
 )
 from flairlab.training.baseline import run_baseline, save_baseline
-from flairlab.training.loop import cpu_budget, resolve_precision
+from flairlab.training.loop import resolve_precision, set_threads
 from flairlab.training.metrics import SegmentationMetrics, evaluate, segmentation_loss
 from flairlab.training.schedules import ema_momentum_at, ema_update, one_cycle_scheduler
 
@@ -156,7 +156,7 @@ class FinetuneConfig:
     patience: int = 0  # stop a phase after N validations without a better val mIoU (0: off)
     baseline: bool = True  # fit and report the per-pixel logistic-regression floor
     precision: str = "auto"  # auto (measured: fp32 or bf16 autocast), 32-true, bf16-mixed
-    threads: int = 0  # torch CPU threads (0: torch's default, capped by the CPU quota)
+    threads: int = 0  # torch CPU threads (0: the free cores: CPU quota minus other running jobs)
     cache: bool = True  # keep decoded rasters in memory (CachedFlairHubDataset)
     seed: int = 0
     subset_seed: int = -1  # -1 = seed
@@ -355,10 +355,7 @@ def run_finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
     """Probe → fine-tune → test, and the floor; writes `results.json`, `finetuned.safetensors`
     (+ `.json`) and `baseline.safetensors` to `output_dir` and returns the results dict."""
     t_start = time.perf_counter()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    elif torch.get_num_threads() > cpu_budget():
-        torch.set_num_threads(cpu_budget())
+    set_threads(cfg.threads)  # 0: the free cores (affinity, cgroup quota, other running jobs)
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
     precision = resolve_precision(cfg.precision, device.type)

@@ -51,12 +51,12 @@ from flairlab.training.loop import (
     EpochBatchSampler,
     MetricLog,
     collate_fn,
-    cpu_budget,
     cpu_supports_bf16,
     resolve_precision,
     rng_state,
     set_epoch,
     set_rng_state,
+    set_threads,
     step_seed,
 )
 from flairlab.training.pretrain_config import (
@@ -122,10 +122,7 @@ def pretrain(
     `checkpoints/step_*/` (see flairlab.models.checkpoint), `summary.json`."""
     cfg = config if isinstance(config, PretrainConfig) else PretrainConfig.from_dict(config)
     tc = cfg.train
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    elif torch.get_num_threads() > cpu_budget():  # e.g. a cgroup quota below the core count
-        torch.set_num_threads(cpu_budget())
+    set_threads(tc.threads)  # 0: the free cores (affinity, cgroup quota, other running jobs)
     fabric = make_fabric(tc)
     out = Path(cfg.output_dir)
     ckpt_root = out / "checkpoints"

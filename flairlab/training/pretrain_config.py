@@ -56,7 +56,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | bf16-mixed | 16-mixed | 32-true
     accelerator: str = "auto"  # auto | cpu | cuda
     devices: int = 1  # per node; under torchrun the launcher's values win
-    threads: int = 0  # torch threads (0: torch default, capped by the affinity / cgroup quota)
+    threads: int = 0  # torch threads (0: the free cores: affinity / cgroup quota − running jobs)
     log_every: int = 1  # optimizer steps between metric rows
     ckpt_every: int = 0  # optimizer steps between checkpoints (0 = at each epoch end)
     keep_checkpoints: int = 2
