@@ -152,7 +152,11 @@ class UpsampleHead(nn.Module):
         self.feature_norm = nn.BatchNorm1d(embed_dim, affine=False) if feature_norm else None
         self.pool = AttentivePooling(embed_dim, heads)
         self.context = nn.Conv2d(embed_dim, dim, 1)
-        self.skip = nn.Sequential(nn.BatchNorm2d(in_channels), nn.Conv2d(in_channels, dim, 1))
+        # input statistics: a cumulative average (momentum None), exact after the first batch —
+        # with the default momentum 0.1 the running variance keeps 12 % of its initial 1 after
+        # 20 steps, which shrinks inputs of variance 1e-3 (S2 reflectance) tenfold at evaluation
+        self.skip = nn.Sequential(nn.BatchNorm2d(in_channels, momentum=None),
+                                  nn.Conv2d(in_channels, dim, 1))  # fmt: skip
         self.mix = nn.Sequential(nn.GELU(), nn.Conv2d(2 * dim, dim, 1), nn.GELU(),
                                  nn.Conv2d(dim, n_classes, 1))  # fmt: skip
 
