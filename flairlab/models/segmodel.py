@@ -268,7 +268,9 @@ def load_finetuned(
 
 def adapt_batch(model: SegmentationModel, batch: dict[str, Any]) -> dict[str, Any]:
     """Bring a batch to the model geometry: nearest resize per date to the configured image size;
-    if a series has another number of dates, D evenly spaced ones are kept (documented)."""
+    if a series has another number of dates, D evenly spaced ones are kept (documented; read the
+    data with the model's `n_dates` instead where possible: the upsample head reads each date
+    slot as its own input channel, so other dates change what it sees)."""
     out = dict(batch)
     for key in model.modalities:
         m = model.encoder.config.modalities[key]
@@ -305,10 +307,12 @@ def load_segmentation_model(checkpoint: str | Path, device: str = "cpu", out_siz
                         found="none")  # fmt: skip
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))  # fmt: skip
-    model, _ = load_finetuned(checkpoint, dev)
+    model, meta = load_finetuned(checkpoint, dev)
 
     def predict_fn(batch: dict[str, Any]) -> Tensor:
         batch = {k: v.to(dev) if isinstance(v, Tensor) else v for k, v in batch.items()}
         return predict_logits(model, batch, out_size)
 
+    # read series with the model's own date bins (the upsample head reads date slots as channels)
+    predict_fn.n_dates = (meta.get("geometry") or {}).get("n_dates")
     return predict_fn, list(model.modalities)
