@@ -4,8 +4,9 @@ On the 250-patch toy sample (`flairlab sample --all-toy`: 150 train, 50 valid, 5
 
 1. **pre-train** the CPU model (configs/pretrain_cpu.yaml geometry) on the unlabelled training
    patches twice — MAESTRO's masked autoencoder (`mae`) and cross-modal InfoNCE (`contrastive`,
-   base lr 3e-4) — for `--pretrain-steps` optimiser steps, and check that the loss has plateaued
-   (mean of the last 10 % of the steps vs the 10 % before: relative change < `--plateau`);
+   base lr 3e-4) — for `--pretrain-steps` (`--contrastive-steps`) optimiser steps; while the loss
+   has not plateaued (mean of the last 10 % of the steps vs the 10 % before: relative change ≥
+   `--plateau`) again with twice the steps, up to 8×;
 2. **fine-tune** from each encoder and from random weights of the same architecture (`scratch`)
    at label fractions 0.1 and 1.0, three seeds each (the seed also draws the labelled subset,
    identical for the three arms), with the fine-tuning protocol of notebook 04 (probe, then
@@ -74,7 +75,7 @@ def pretrain_arm(name: str, root: Path, work: Path, args: argparse.Namespace) ->
     steps (a new run: the one-cycle schedule spans the whole budget), up to 8× the start."""
     from flairlab.training.pretrain import pretrain
 
-    steps = args.pretrain_steps
+    start = steps = args.pretrain_steps if name == "mae" else args.contrastive_steps
     key = "loss_mae" if name == "mae" else "contrastive_loss"
     while True:
         out = work / f"pretrain_{name}_{steps}"
@@ -96,7 +97,7 @@ def pretrain_arm(name: str, root: Path, work: Path, args: argparse.Namespace) ->
         rows = json.loads((out / "metrics.json").read_text())
         flat = plateau(rows, key)
         log(f"pre-training {name}, {steps} steps: {flat}")
-        if flat["relative_change"] < args.plateau or steps >= 8 * args.pretrain_steps:
+        if flat["relative_change"] < args.plateau or steps >= 8 * start:
             return {"run": str(out), "summary": summary, "plateau": flat,
                     "plateaued": flat["relative_change"] < args.plateau,
                     "curve": [(r["step"], r[key]) for r in rows]}  # fmt: skip
@@ -176,7 +177,8 @@ def main() -> int:
     ap.add_argument("--work", default=str(REPO / "outputs" / "ssl_study"))
     ap.add_argument("--report", default=str(REPO / "benchmarks" / "reported" / "ssl_study"))
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--pretrain-steps", type=int, default=1000)
+    ap.add_argument("--pretrain-steps", type=int, default=1000, help="MAE, first budget")
+    ap.add_argument("--contrastive-steps", type=int, default=2000, help="first budget")
     ap.add_argument("--pretrain-batch", type=int, default=8)
     ap.add_argument("--head", default="upsample")
     ap.add_argument("--probe-steps", type=int, default=30)

@@ -155,8 +155,8 @@ class UpsampleHead(nn.Module):
         # input statistics: a cumulative average (momentum None), exact after the first batch —
         # with the default momentum 0.1 the running variance keeps 12 % of its initial 1 after
         # 20 steps, which shrinks inputs of variance 1e-3 (S2 reflectance) tenfold at evaluation
-        self.skip = nn.Sequential(nn.BatchNorm2d(in_channels, momentum=None),
-                                  nn.Conv2d(in_channels, dim, 1))  # fmt: skip
+        self.norm = nn.BatchNorm2d(in_channels, momentum=None)
+        self.skip = nn.Conv2d(in_channels, dim, 1)
         self.mix = nn.Sequential(nn.GELU(), nn.Conv2d(2 * dim, dim, 1), nn.GELU(),
                                  nn.Conv2d(dim, n_classes, 1))  # fmt: skip
 
@@ -169,8 +169,8 @@ class UpsampleHead(nn.Module):
         S = self.out_size
         ctx = F.interpolate(self.context(pooled), size=(S, S), mode="bilinear",
                             align_corners=False)  # fmt: skip
-        px = self.skip(inputs_on_grid(inputs, self.modalities, S).to(ctx.dtype))
-        return self.mix(torch.cat([ctx, px], dim=1))
+        x = self.norm(inputs_on_grid(inputs, self.modalities, S).to(ctx.dtype))
+        return self.mix(torch.cat([ctx, self.skip(x)], dim=1))
 
 
 class ClassificationHead(nn.Module):
