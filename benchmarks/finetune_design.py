@@ -6,8 +6,8 @@ with cached reads; validation every `--eval-every` steps. Reported per variant: 
 by step, test mIoU / OA of the final (EMA) weights, model compute and data wait per step. The
 floor (per-pixel logistic regression on the same training pixels) is fitted once.
 
-    .venv/bin/python benchmarks/finetune_design.py --out benchmarks/reported/finetune_design \\
-        [--variants attentive_p16,upsample_p16,...] [--steps 300] [--root DIR]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/finetune_design.py \\
+        [--out benchmarks/reported/finetune_design] [--variants attentive_p16,...] [--steps 300]
 
 Writes `<out>.json` and `<out>.md` (a table). Variants are `VARIANTS` below: geometry (aerial /
 DEM token size), head, learning rate, EMA.
@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from flairlab.data.results import write_json_atomic
 from flairlab.training.finetune import FinetuneConfig, make_datasets, run_finetune
 
+RUNS = Path(__file__).resolve().parents[1] / "outputs" / "finetune_design"  # weights: not committed
 CPU = dict(image_size={"aerial": 128, "dem": 128}, n_dates={"s2": 4, "s1_asc": 2, "s1_desc": 2},
            label_size=128)  # fmt: skip
 P16 = {"aerial": 16, "dem": 32}  # 12.8 m aerial tokens, 25.6 m DEM tokens (8 × 8, 4 × 4)
@@ -45,12 +46,13 @@ VARIANTS: dict[str, dict] = {  # lr: base learning rates (× sqrt(batch / 3)) of
     "upsample_p16_noema": dict(UP, head_lr=1e-2, finetune_lr=1e-3, use_ema=False),
     "upsample_p16_bf16": dict(UP, head_lr=1e-2, finetune_lr=1e-3, precision="bf16-mixed"),
     "upsample_p8": dict(UP, patch_size=P8, head_lr=1e-2, finetune_lr=1e-3),
+    "upsample_p16_900_steps": dict(UP, head_lr=1e-2, finetune_lr=1e-3, finetune_steps=900),
 }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/results/finetune_design")
+    ap.add_argument("--out", default="benchmarks/reported/finetune_design")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--eval-every", type=int, default=50)
@@ -87,7 +89,7 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         cfg = FinetuneConfig(**{**common, **VARIANTS[name], "baseline": False})
-        res = run_finetune(cfg, out.parent / "runs" / name)
+        res = run_finetune(cfg, RUNS / name)
         steps = res["steps"]["total"]
         report["variants"][name] = {
             "settings": VARIANTS[name],
@@ -97,7 +99,7 @@ def main() -> None:
             "compute_ms_per_step": 1e3 * res["compute_seconds"] / steps,
             "data_ms_per_step": 1e3 * res["data_seconds"] / steps,
             "n_parameters": sum(t.numel() for t in load_file(
-                str(out.parent / "runs" / name / "finetuned.safetensors")).values()),
+                str(RUNS / name / "finetuned.safetensors")).values()),
             "seconds": time.perf_counter() - t0,
         }  # fmt: skip
         write_json_atomic(path, report)
@@ -110,7 +112,12 @@ def main() -> None:
 
 def write_table(report: dict, path: Path, args: argparse.Namespace) -> None:
     b = report["baseline"]
-    lines = [f"# Fine-tuning design on CPU (from scratch, {args.steps} steps, batch 4, 1 thread)",
+    lines = [f"# Fine-tuning design on CPU (from scratch, {args.steps} steps unless named, "
+             "batch 4, "
+             "1 thread)", "", "Command: `OMP_NUM_THREADS=1 .venv/bin/python "
+             "benchmarks/finetune_design.py`; embedded 40-patch sample (24 train / 8 valid / 8 "
+             "test patches), all labels, 128-px labels (0.8 m). Timings on a shared 2-core "
+             "machine (other jobs running): compare them within the table only.",
              "", f"Floor (per-pixel logistic regression, same training pixels): test mIoU "
              f"{b['test_miou']:.3f}, OA {b['test_oa']:.3f}.", "",
              "| variant | val mIoU by step | test mIoU | test OA | compute ms/step | "
