@@ -1,5 +1,5 @@
-"""Deterministic reference-layout weights and batches, shared by tests/test_reference.py and the
-scratch script that ran IGN's reference implementation to produce `data/maestro_reference_*.json`.
+"""Deterministic reference-layout weights and batches, shared by tests/test_reference.py and
+the scratch script that ran IGN's reference implementation to write `fixtures/maestro_*.json`.
 
 `reference_state(shapes)` fills every key of a reference state dict (layout recorded from
 IGNF/MAESTRO) with seeded values; `reference_batch()` is a FLAIR-HUB-geometry batch in the
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parent / "fixtures"
 GOLDEN = DATA / "maestro_reference_tiny_inter_group.json"
 # reference input -> (image_size, channels, dates): FLAIR-HUB defaults (IGNF/MAESTRO@6a30075)
 FLAIR_INPUTS = {"aerial": (512, 4, 1), "dem": (512, 2, 1), "s2": (10, 10, 16),

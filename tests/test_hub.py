@@ -119,6 +119,11 @@ def test_download_verify_convert_then_offline(fake_repo, tmp_path: Path) -> None
     assert again["features"] == first["features"]
     assert (converted / "model.safetensors").stat().st_mtime_ns == stamp
 
+    # the Hugging Face cache is gone too: the converted copy is used (with a warning)
+    converted_only = run_flairlab({"HF_HUB_CACHE": str(tmp_path / "hf-empty"),
+                                   "FLAIRLAB_CACHE": str(tmp_path / "fl"), "HF_HUB_OFFLINE": "1"})
+    assert converted_only.get("features") == first["features"], converted_only
+
     # a corrupted blob in the Hugging Face cache is caught before conversion
     bad = tmp_path / "hf-bad"
     shutil.copytree(tmp_path / "hf", bad, symlinks=True)

@@ -81,7 +81,7 @@ def test_reference_layout_maps_every_tensor(golden: dict, golden_ckpt: Path) -> 
 
 
 def test_reference_encoder_outputs_are_reproduced(golden: dict, golden_ckpt: Path) -> None:
-    """Features computed by IGNF/MAESTRO itself (tests/data, see _reference_fixture.py) on the
+    """Features computed by IGNF/MAESTRO itself (tests/fixtures, see _reference_fixture.py) on the
     same weights and batch: flairlab's encoder gives the same numbers."""
     model, _ = import_reference(golden_ckpt)
     with torch.no_grad():

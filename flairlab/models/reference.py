@@ -818,15 +818,12 @@ def reference_config(model: MAE, naming: ReferenceNaming | None = None) -> dict[
         if M in inputs:
             continue
         default = base.get(M)
-        lengths = [len(g) for g in m.band_groups]
-        bands = (default.bands if default is not None and (
-            [len(g) for g in default.bands] if isinstance(default.bands, list) else
-            [default.bands]) == lengths else (lengths[0] if len(lengths) == 1 else [
-                list(g) for g in m.band_groups]))  # fmt: skip
+        lengths = _lengths(m.band_groups, f"modalities.{k}.bands")
+        norm = _lengths(m.norm_bands or [list(range(m.in_chans))], f"modalities.{k}.norm_bands")
         unit = naming.units.get(c.encoder_of(k), c.encoder_of(k))
         inputs[M] = {
-            "image_size": m.image_size, "patch_size": {"mae": m.patch_size}, "bands": bands,
-            "norm_bands": [len(g) for g in m.norm_bands or [list(range(m.in_chans))]],
+            "image_size": m.image_size, "patch_size": {"mae": m.patch_size},
+            "bands": _ref_bands(default, lengths), "norm_bands": norm,
             "num_dates": m.n_dates,
             "norm_fac": default.norm_fac if default else None,
             "log_scale": default.log_scale if default else False,
@@ -850,6 +847,23 @@ def reference_config(model: MAE, naming: ReferenceNaming | None = None) -> dict[
         "flairlab": {"dim_head": c.dim_head, "decoder_dim_head": c.decoder_dim_head},
     }  # fmt: skip
 
+
+def _lengths(groups: list[list[int]], field_name: str) -> list[int]:
+    """Sizes of band groups, which the reference can only express as consecutive channels."""
+    if [i for g in groups for i in g] != list(range(sum(len(g) for g in groups))):
+        raise DataError(f"model.{field_name}: the reference splits channels in order",
+                        expected="consecutive groups such as [[0], [1, 2, 3]]", found=groups)
+    return [len(g) for g in groups]
+
+
+def _ref_bands(default: RefInput | None, lengths: list[int]) -> int | list[list[int]]:
+    """The reference's `bands`: its default when the group sizes match (it carries the file-band
+    order, e.g. aerial [[3, 0, 1, 2]]), else a channel count (one group) or consecutive groups."""
+    if default is not None:
+        b = default.bands
+        if ([b] if isinstance(b, int) else [len(g) for g in b]) == lengths:
+            return b
+    return lengths[0] if len(lengths) == 1 else _contiguous(lengths)
 
 def save_reference(
     model: MAE, path: str | Path, naming: ReferenceNaming | None = None
