@@ -590,16 +590,15 @@ def infer_config(
     for u_ref in units:
         naming.units.setdefault(REF_TO_FLAIR.get(u_ref, UNIT_ALIASES.get(u_ref, u_ref)), u_ref)
     mask = ref.mask
+    tile = REFERENCE_DATASETS.get(dataset, REFERENCE_DATASETS["flair"])  # crop and PE lattice
     config = MAEConfig(
         modalities=modalities, size=size_name, fusion_mode=mode, inter_depth=n_inter,
         embed_dim=d, depth=n_enc + n_inter, num_heads=inner // dh, dim_head=dh,
         mlp_ratio=hidden / d, decoder_dim=dd, decoder_depth=n_dec,
         decoder_heads=max(dec_inner // ddh, 1), decoder_dim_head=ddh,
         decoder_mlp_hidden=dec_hidden,
-        tile_m=float(ref.crop_meters or REFERENCE_DATASETS.get(dataset, REFERENCE_DATASETS[
-            "flair"]).crop_meters),
-        pe_grid=int(ref.grid_pos_enc or REFERENCE_DATASETS.get(dataset, REFERENCE_DATASETS[
-            "flair"]).grid_pos_enc),
+        tile_m=float(ref.crop_meters or tile.crop_meters),
+        pe_grid=int(ref.grid_pos_enc or tile.grid_pos_enc),
         use_date_enc=bool(ref.model.get("use_date_enc", True)),
         loss=str(ref.model.get("loss", "l1_norm")),
         mask_ratio=float(mask.get("mask_ratio", 0.75)),
