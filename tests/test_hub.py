@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from test_model import random_batch, small_config
 from flairlab.data.errors import DataError
 from flairlab.models.hub import is_hub_name, parse_hub_name, pick_weights, verify
 from flairlab.models.mae import MAE
+from flairlab.models.mae_config import config_diff
 from flairlab.models.pretrained import source_kind
 from flairlab.models.reference import export_reference, reference_config
 
@@ -43,6 +45,7 @@ try:
     with torch.no_grad():
         f = model.forward_features(random_batch(model.config))
     out["features"] = {{k: v.double().sum().item() for k, v in f.items()}}
+    out["config"] = model.config.to_dict()
     out["info"] = {{k: model.pretrained_info.get(k) for k in
                    ("commit", "filename", "verified", "method", "sha256", "config_file")}}
     enc, info = build_encoder({name!r}, ["aerial", "s2"], image_size={{"aerial": 64}})
@@ -52,6 +55,16 @@ except DataError as err:
     out["error"] = str(err)
 print("RESULT" + json.dumps(out))
 """
+
+
+@dataclass
+class MaskConfig:  # stands for maestro.conf.mask.MaskConfig
+    mask_ratio: float
+    mask_scale: float
+    mask_mod: float | None
+    mask_bands: float | None
+    mask_dates: float | None
+    mask_loc: float | None
 
 
 def run_flairlab(env: dict[str, str], name: str = REPO) -> dict:
@@ -74,14 +87,18 @@ def fake_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, MAE]:
     a model card and dataset splits (which must not be downloaded)."""
     repo = tmp_path_factory.mktemp("hub-repo")
     torch.manual_seed(0)
-    model = MAE(small_config(size="tiny", depth=2, inter_depth=1)).eval()
+    config = small_config(size="tiny", depth=2, inter_depth=1, mask_ratio=0.6, mask_loc=0.1)
+    model = MAE(config).eval()  # mask values differ from the defaults: they must be read back
     cfg = reference_config(model)
-    hp = {**cfg["model"], "mask": cfg["mask"], "use_ema": True}
+    # like the reference's, the hyper-parameters hold a class of the training code (never imported
+    # by the loader: the subprocess cannot even import this test module's class)
+    hp = {**cfg["model"], "mask": MaskConfig(**cfg["mask"]), "use_ema": True}
     state = export_reference(model)
     state.update({k.replace("model.", "ema_model.", 1): v + 1 for k, v in state.items()})
     torch.save({"state_dict": state, "hyper_parameters": hp, "epoch": 99},
                repo / "pretrain-epoch=99.ckpt")  # fmt: skip
-    (repo / "config.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    geometry = {k: v for k, v in cfg.items() if k != "mask"}  # the mask: from the checkpoint
+    (repo / "config.yaml").write_text(yaml.safe_dump(geometry), encoding="utf-8")
     (repo / "README.md").write_text("# MAESTRO (fake card for tests)\n", encoding="utf-8")
     (repo / "dataset_splits").mkdir()
     (repo / "dataset_splits" / "train.csv").write_text("patch_id\nD0_Z1\n", encoding="utf-8")
@@ -106,6 +123,7 @@ def test_download_verify_convert_then_offline(fake_repo, tmp_path: Path) -> None
     assert first["info"] == {**first["info"], "commit": COMMIT, "verified": True,
                              "method": "lfs sha256", "filename": "pretrain-epoch=99.ckpt"}
     assert first["info"]["config_file"].endswith("config.yaml")  # geometry came from it
+    assert config_diff(first["config"], json.loads(json.dumps(model.config.to_dict()))) == []
     assert first["encoder_tensors"] > 0 and first["encoder_image_size"] == 64
     assert not any("dataset_splits" in r for r in requested), requested
     converted = tmp_path / "fl" / "pretrained" / "IGNF--MAESTRO_FLAIR-HUB_base" / COMMIT / "model"
