@@ -20,8 +20,23 @@
 #
 # With `checkpoint = ""` the same architecture starts from random weights: the **from-scratch baseline**. `label_fraction` keeps a stratified, reproducible subset of the labelled training patches (rare classes are kept first). COSIA classes 15-18 are ignored, as in IGN's evaluation; mIoU averages the classes present in the targets.
 
+# %% [markdown]
+# ### Starting from IGN's released MAESTRO weights: what you need
+#
+# `checkpoint = "IGNF/MAESTRO_FLAIR-HUB_base"` fine-tunes MAESTRO base (medium, inter-group: 279 M encoder parameters, 336 M with the unused decoder and the head) pre-trained by IGN on FLAIR-HUB. The first run downloads it with `huggingface_hub` into the Hugging Face cache, checks its hash and converts it once to flairlab's format; later runs work offline (`HF_HUB_OFFLINE=1`). The same string works for `flairlab finetune --checkpoint`, and a reference `.ckpt` file can be given instead. The checkpoint fixes the architecture and patch sizes; `image_size` / `n_dates` may change the geometry (IGN's: aerial and DEM 512 px, 16 S2 and 4 + 4 S1 dates; leave them empty to keep it).
+#
+# Estimates at IGN's geometry with `device = "cuda"` and bf16 autocast — model FLOPs per step from `flairlab.models.flops`, compute time at 35 % of the GPU's bf16 peak, memory = fp32 weights + gradients + AdamW + EMA + activations (`flairlab.training.requirements`; `finetune_requirements(cfg)` gives the table for any configuration):
+#
+# | | batch 32 | batch 8 |
+# |---|---|---|
+# | GPU memory | ≈ 30 GB (40 / 80 GB A100, H100) | ≈ 12 GB (16–24 GB GPUs) |
+# | fine-tuning FLOPs per patch (forward + backward) | 1.38 TFLOP | 1.38 TFLOP |
+# | one epoch of 10 000 patches, compute only | H100 ≈ 40 s, A100 ≈ 2.1 min | A100 ≈ 2.1 min, L4 ≈ 5.4 min |
+#
+# Reading FLAIR-HUB (about 10 files per patch) is usually slower than this: use `num_workers`. On CPU, the defaults below (aerial 128 px, 4 S2 and 2 + 2 S1 dates) bring the base model to ≈ 150 GFLOP per patch and step — a smoke run with `batch_size = 2` and `max_steps_per_epoch = 2`; inference alone at IGN's geometry costs ≈ 460 GFLOP per patch, ≈ 5 s on one core here (≈ 77 GFLOP/s, fp32).
+
 # %% tags=["parameters"]
-checkpoint: str = ""  # pre-training checkpoint (.safetensors or run folder); empty: from scratch
+checkpoint: str = ""  # pre-training run / .safetensors, a reference .ckpt, or a Hub name (IGNF/MAESTRO_FLAIR-HUB_base); empty: from scratch
 task: str = "cosia"  # cosia (land cover, 15 classes) or lpis (crops, LPIS level 1)
 modalities: str = "aerial,dem,s2,s1_asc,s1_desc"  # comma-separated model inputs
 label_fraction: float = 1.0  # share of the labelled training patches (stratified, reproducible)

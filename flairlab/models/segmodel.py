@@ -1,8 +1,10 @@
 """Segmentation models for fine-tuning: MAE encoder + attentive head, checkpoints in and out.
 
-* `build_encoder`: a pretrained MAE from a pre-training checkpoint (`X.safetensors` + JSON
-  config; the geometry — image sizes, dates — may change, the architecture may not) restricted
-  to the requested modalities, or a fresh random one with the same construction (scratch).
+* `build_encoder`: a pretrained MAE — from a flairlab pre-training checkpoint (`X.safetensors` +
+  JSON config, or a run folder), a reference MAESTRO checkpoint, or a Hugging Face name such as
+  `IGNF/MAESTRO_FLAIR-HUB_base` (`flairlab.models.pretrained`); the geometry — image sizes,
+  dates — may change, the architecture may not — restricted to the requested modalities, or a
+  fresh random one with the same construction (scratch).
 * `SegmentationModel`: `forward(batch) -> logits (B, n_classes, S, S)` (its loss and
   evaluation live in `flairlab.training.metrics`);
 * task helpers: `n_classes_of`, `class_names`; `autocast` (bf16 on CUDA);
@@ -64,28 +66,6 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 # -- building ----------------------------------------------------------------------------------
-def load_pretrained(checkpoint: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """(state dict, MAE config dict) of a pre-training checkpoint: a `X.safetensors` file with
-    `X.json` beside it, or a checkpoint / run folder (`flairlab.models.checkpoint` layout)."""
-    from safetensors.torch import load_file
-
-    from flairlab.models.checkpoint import resolve_checkpoint
-
-    p = Path(checkpoint)
-    if p.is_file():
-        weights, cfg_path = p, p.with_suffix(".json")
-    elif p.is_dir():
-        ckpt = resolve_checkpoint(p)
-        weights, cfg_path = ckpt / "model.safetensors", ckpt / "model.json"
-    else:
-        raise DataError("checkpoint not found", path=p)
-    if not cfg_path.is_file():
-        raise DataError("checkpoint has no JSON model config beside it", path=weights,
-                        expected=cfg_path.name, found="none")  # fmt: skip
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    return load_file(str(weights)), cfg.get("model", cfg)
-
-
 def build_encoder(
     checkpoint: str | Path | None,
     modalities: list[str],
@@ -103,9 +83,10 @@ def build_encoder(
     (model, info)."""
     from flairlab.models.mae import MAE
     from flairlab.models.mae_config import MAEConfig, flair_modalities
+    from flairlab.models.pretrained import pretrained_state
 
     if checkpoint:
-        state, cfg = load_pretrained(checkpoint)
+        state, cfg, reference = pretrained_state(checkpoint)
         saved = MAEConfig.from_dict(cfg)
         missing = [k for k in modalities if k not in saved.modalities]
         if missing:
@@ -125,7 +106,8 @@ def build_encoder(
             {**saved.to_dict(), "modalities": {k: asdict(m) for k, m in mods.items()}}
         )
         model = MAE(config)
-        info = {"pretrained": None, "architecture_from": str(checkpoint), "loaded_tensors": 0}
+        info = {"pretrained": None, "architecture_from": str(checkpoint), "loaded_tensors": 0,
+                "reference": reference}
         if load_weights:
             own = model.state_dict()
             usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}

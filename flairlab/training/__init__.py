@@ -4,7 +4,8 @@
 `pretrainer` and `contrastive` (objectives), `finetune` (probe → fine-tune → evaluate, the
 `flairlab finetune` CLI), `schedules` (the one LR schedule and EMA), `loop` (samplers, RNG and
 precision helpers, metric logs), `metrics` (torchmetrics segmentation / multilabel metrics),
-`pretrain_plots` / `objective_plots` / `finetune_plots` (figures of the runs).
+`pretrain_plots` / `objective_plots` / `finetune_plots` (figures of the runs), `requirements`
+(GPU memory and time per epoch of a fine-tuning run, from FLOPs).
 
 Imports: `flairlab.data`, `flairlab.explore`, `flairlab.models`.
 """
