@@ -56,7 +56,7 @@ from flairlab.models.segmodel import (
     save_finetuned,
     to_device,
 )
-from flairlab.training.compiling import compile_module
+from flairlab.training.compiling import compile_module, compile_setting
 from flairlab.training.metrics import evaluate, segmentation_loss
 from flairlab.training.schedules import ema_momentum, ema_update, one_cycle
 
@@ -159,6 +159,7 @@ class FinetuneConfig:
             raise DataError("finetune modalities", expected="at least one", found="none")
         if not 0 < self.label_fraction <= 1:
             raise DataError("label_fraction", expected="in (0, 1]", found=self.label_fraction)
+        self.compile = compile_setting(self.compile)
 
 
 # -- training -----------------------------------------------------------------------------------
