@@ -120,6 +120,10 @@ def autocast(device: torch.device, mode: str):
 
 
 def free(device: torch.device) -> None:
+    """Drop compiled graphs (they hold the last case's model) and cached GPU memory."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -313,7 +317,10 @@ def table(rows: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         status = r.get("status", "ok")
-        if r["case"] in ("pretrain", "finetune") and status == "ok":
+        if status != "ok":
+            what = r.get("source", "") if r["case"] == "data" else r.get("size", "")
+            lines.append(f"{r['case']:<10} {what:<7} {r.get('mode', ''):<13} {status}")
+        elif r["case"] in ("pretrain", "finetune"):
             lines.append(
                 f"{r['case']:<10} {r['size']:<7} {r['mode']:<13} {r['batch']:>5} "
                 f"{r['first_step_s']:7.1f} {r['step_s'] * 1e3:8.1f} {r['samples_per_s']:10.1f} "
@@ -328,13 +335,9 @@ def table(rows: list[dict]) -> str:
             lines.append(f"flop-check {r['size']:<7} torch counter / per-layer count = "
                          f"{r['ratio']:.4f} ({r['counted']:.3e} / {r['expected']:.3e})")
         elif r["case"] == "data":
-            rate = r.get("samples_per_s")
-            extra = f"{rate:10.1f} samples/s with {r['workers']} workers" if rate else ""
             keeps = "".join(f"; keeps up with {k}: {v}" for k, v in r.get("keeps_up", {}).items())
-            lines.append(f"data       {r['source']:<10} {extra}{keeps}  {r['status']}")
-        elif status != "ok":
-            lines.append(f"{r['case']:<10} {r.get('size', ''):<7} {r.get('mode', ''):<13} "
-                         f"{status}")  # fmt: skip
+            lines.append(f"data       {r['source']:<10} {r['samples_per_s']:10.1f} samples/s "
+                         f"with {r['workers']} workers{keeps}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -370,25 +373,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def plan(args) -> list[tuple[str, Callable[[], dict]]]:
-    """(label, thunk) per case, most wanted first."""
+def plan(args) -> list[tuple[str, Callable[[], dict | list[dict]]]]:
+    """(label, thunk) per case, most wanted first: matmul, flop check, the first size's
+    pre-training modes, the data path, the other sizes, fine-tuning."""
     device = torch.device(args.device)
     sizes = [s for s in args.sizes.split(",") if s]
     modes = [m for m in args.modes.split(",") if m]
     ft_sizes = [s for s in args.finetune_sizes.split(",") if s]
     ft_modes = [m for m in args.finetune_modes.split(",") if m]
-    out: list[tuple[str, Callable[[], dict]]] = [
+    out: list[tuple[str, Callable[[], dict | list[dict]]]] = [
         ("matmul", lambda: matmul_case(device, args.matmul_n))
     ]
-    for size in sizes:
+    if sizes:
+        out.append(("flop-check", lambda: flop_check_case(sizes[0], args, device)))
+    for i, size in enumerate(sizes):
         out += [(f"pretrain {size} {m}", lambda s=size, m=m: pretrain_case(s, m, args, device))
                 for m in modes]  # fmt: skip
+        if i == 0 and not args.no_data:
+            out.append(("data", lambda: data_cases(args, model_config("tiny", args.quick))))
     for size in ft_sizes:
         out += [(f"finetune {size} {m}", lambda s=size, m=m: finetune_case(s, m, args, device))
                 for m in ft_modes]  # fmt: skip
-    if sizes:
-        out.append(("flop-check", lambda: flop_check_case(sizes[0], args, device)))
     return out
+
+
+def keeps_up(rows: list[dict]) -> None:
+    """Data-path rate ÷ the best pre-training samples/s of each size, on the data rows."""
+    best: dict[str, float] = {}
+    for r in rows:
+        if r["case"] == "pretrain" and r.get("samples_per_s"):
+            best[r["size"]] = max(best.get(r["size"], 0.0), r["samples_per_s"])
+    for d in rows:
+        if d["case"] == "data" and d.get("samples_per_s"):
+            d["keeps_up"] = {k: f"{d['samples_per_s'] / v:.2f}×" for k, v in best.items()}
 
 
 def label_fields(label: str) -> dict:
@@ -425,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)  # fmt: skip
     start = time.perf_counter()
     rows: list[dict] = []
+    matmul = None
     for label, thunk in plan(args):
         if args.budget and time.perf_counter() - start > args.budget:
             rows.append({**label_fields(label), "status": "skipped: budget"})
@@ -432,38 +450,25 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t = time.perf_counter()
         try:
-            row = thunk()
-            row.setdefault("status", "ok")
+            got = thunk()
         except torch.OutOfMemoryError:
-            row = {"status": "out of memory"}
+            got = {"status": "out of memory"}
         except Exception as err:  # keep measuring the other cases; the traceback goes to the log
             traceback.print_exc()
-            row = {"status": f"error: {type(err).__name__}: {err}"[:300]}
-        if "case" not in row:
-            row = {**label_fields(label), **row}
-        rows.append(row)
+            got = {"status": f"error: {type(err).__name__}: {err}"[:300]}
+        for row in got if isinstance(got, list) else [got]:
+            row = {**label_fields(label), "status": "ok", **row}
+            if row["case"] == "matmul" and "tflops" in row:
+                matmul = row["tflops"]
+            rows.append(add_rates(row, peak, matmul))
+            print(f"  {label}: {row['status']} ({time.perf_counter() - t:.0f} s)", flush=True)
         free(device)
-        print(f"  {label}: {row['status']} ({time.perf_counter() - t:.0f} s)", flush=True)
-    matmul = next((r["tflops"] for r in rows if r["case"] == "matmul" and "tflops" in r), None)
-    rows = [add_rates(r, peak, matmul) for r in rows]
-    if not args.no_data and not (args.budget and time.perf_counter() - start > args.budget):
-        data = data_cases(args, model_config("tiny", args.quick))
-        for d in data:
-            if d.get("samples_per_s"):
-                best = {}
-                for r in rows:
-                    if r["case"] == "pretrain" and r.get("samples_per_s"):
-                        key = r["size"]
-                        best[key] = max(best.get(key, 0.0), r["samples_per_s"])
-                d["keeps_up"] = {k: f"{d['samples_per_s'] / v:.2f}×" for k, v in best.items()}
-        rows += data
-    elif not args.no_data:
-        rows.append({"case": "data", "source": "all", "status": "skipped: budget"})
+        keeps_up(rows)
+        if args.json:  # after every case: a run cut short still leaves its numbers
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({"info": info, "rows": rows}, indent=1))
     print(table(rows))
     print(f"bench_gpu: {time.perf_counter() - start:.0f} s")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"info": info, "rows": rows}, indent=1))
     return 0
 
 

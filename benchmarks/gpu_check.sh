@@ -143,7 +143,9 @@ fi
 if wants bench; then
   LEFT=$((DEADLINE - (SECONDS - START)))
   read -r -a EXTRA <<<"${BENCH_ARGS:-}"  # extra bench_gpu.py arguments, split on spaces
-  run_step bench $LEFT "$PY" benchmarks/bench_gpu.py --budget $((LEFT * 55 / 100)) \
+  # cases start while 100 s are left (a started case finishes; its numbers are saved as it ends)
+  BUDGET=$((LEFT > 130 ? LEFT - 100 : 30))
+  run_step bench $LEFT "$PY" benchmarks/bench_gpu.py --budget $BUDGET \
     --json "$OUT_DIR/bench_gpu.json" "${BENCH[@]}" "${EXTRA[@]}"
 fi
 
