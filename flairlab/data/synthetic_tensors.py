@@ -26,14 +26,13 @@ import torch
 from torch.utils.data import Dataset
 
 from flairlab.data.dataset import (
-    DEFAULT_IMAGE_SIZE,
     DEFAULT_MODALITIES,
     DEFAULT_N_DATES,
     MODEL_BANDS,
     SPLIT_ALIASES,
-    TARGETS,
     FlairHubDataset,
     resize_nearest,
+    set_geometry,
 )
 from flairlab.data.errors import DataError
 
@@ -96,16 +95,7 @@ class SyntheticTensorDataset(Dataset):
         sizes = split_sizes(root)
         if self.split not in sizes:
             raise DataError("synthetic split", expected=sorted(sizes), found=split)
-        self.modalities, self.targets = tuple(modalities), tuple(targets)
-        for key in self.modalities:
-            if key not in MODEL_BANDS:
-                raise DataError("unknown model modality", expected=sorted(MODEL_BANDS), found=key)
-        for t in self.targets:
-            if t not in TARGETS:
-                raise DataError("unknown target", expected=sorted(TARGETS), found=t)
-        self.image_size = {**DEFAULT_IMAGE_SIZE, **(image_size or {})}
-        self.n_dates = {**DEFAULT_N_DATES, **(n_dates or {})}
-        self.train, self.seed, self.epoch = bool(train), int(seed), 0
+        set_geometry(self, modalities, targets, image_size, n_dates, train, seed)
         all_ids = [synthetic_patch_id(self.split, i) for i in range(sizes[self.split])]
         if patch_ids is not None:
             missing = sorted(set(patch_ids) - set(all_ids))
