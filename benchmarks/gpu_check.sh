@@ -126,15 +126,15 @@ PT=(-m flairlab.cli pretrain --config configs/pretrain_cpu.yaml --no-progress
     --set "train.accelerator=$DEV" --set "train.compile=$COMPILE" --set train.ckpt_every=2
     --output-dir "$WORK/pretrain" "${PT_EXTRA[@]}")
 if wants smoke; then
-  run_step pretrain-stop 150 "$PY" "${PT[@]}" --set train.stop_at_step=4
-  run_step pretrain-resume 120 "$PY" "${PT[@]}" --resume
-  run_step finetune 180 "$PY" -m flairlab.cli finetune --source synthetic:16 \
+  run_step pretrain-stop 120 "$PY" "${PT[@]}" --set train.stop_at_step=4
+  run_step pretrain-resume 90 "$PY" "${PT[@]}" --resume
+  run_step finetune 150 "$PY" -m flairlab.cli finetune --source synthetic:16 \
     --checkpoint "$WORK/pretrain" --probe-epochs 1 --finetune-epochs 1 --batch-size 4 \
     --max-steps-per-epoch 2 "${LABEL[@]}" --device $DEV --compile $COMPILE \
     --output-dir "$WORK/finetune"
 fi
 if wants ddp && [ "$NPROC" -gt 1 ]; then
-  run_step ddp 180 "$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" \
+  run_step ddp 150 "$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" \
     -m flairlab.training.pretrain --config configs/pretrain_cpu.yaml --no-progress \
     --set data.source=synthetic:32 --set train.epochs=1 --set train.batch_size=4 \
     --set train.accelerator=$DEV --set train.compile=$COMPILE --output-dir "$WORK/ddp" \
