@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.flairlab-installed
 
-.PHONY: test lint browser install
+.PHONY: test lint browser install gpu-check
 
 install: $(STAMP)
 
@@ -46,3 +46,9 @@ demo: sample
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: sample
 	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) $(LAB_ARGS) notebooks/00_getting_started.ipynb
+
+# -- GPU ---------------------------------------------------------------------------------------
+# `make gpu-check`: the one-call GPU check (benchmarks/gpu_check.sh; README "Running on a GPU"):
+# CLI smoke runs on CUDA, DDP when > 1 GPU, bench_gpu (MFU table). Without CUDA it says so, exit 0.
+gpu-check:
+	PYTHON=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) bash benchmarks/gpu_check.sh

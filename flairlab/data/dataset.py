@@ -202,6 +202,21 @@ def band_indices(key: str, catalog: Catalog | None = None) -> list[int]:
 
 
 # -- dataset ----------------------------------------------------------------------------------
+def set_geometry(ds: Dataset, modalities, targets, image_size, n_dates, train, seed) -> None:
+    """Checked `modalities` / `targets` and the per-key `image_size` / `n_dates` (defaults
+    overridden), `train`, `seed`, `epoch` = 0 as attributes of a dataset of the batch contract."""
+    ds.modalities, ds.targets = tuple(modalities), tuple(targets)
+    for key in ds.modalities:
+        if key not in MODEL_BANDS:
+            raise DataError("unknown model modality", expected=sorted(MODEL_BANDS), found=key)
+    for t in ds.targets:
+        if t not in TARGETS:
+            raise DataError("unknown target", expected=sorted(TARGETS), found=t)
+    ds.image_size = {**DEFAULT_IMAGE_SIZE, **(image_size or {})}
+    ds.n_dates = {**DEFAULT_N_DATES, **(n_dates or {})}
+    ds.train, ds.seed, ds.epoch = bool(train), int(seed), 0
+
+
 def _resolve_root(root: str | Path, cat: Catalog) -> Path:
     if isinstance(root, str) and root in cat.sources:
         return cat.source_root(root)
@@ -266,17 +281,7 @@ class FlairHubDataset(Dataset):
     ) -> None:
         self.cat = cat = catalog or load_catalog()
         self.root = _resolve_root(root, cat)
-        self.modalities = tuple(modalities)
-        self.targets = tuple(targets)
-        for key in self.modalities:
-            if key not in MODEL_BANDS:
-                raise DataError("unknown model modality", expected=sorted(MODEL_BANDS), found=key)
-        for t in self.targets:
-            if t not in TARGETS:
-                raise DataError("unknown target", expected=sorted(TARGETS), found=t)
-        self.image_size = {**DEFAULT_IMAGE_SIZE, **(image_size or {})}
-        self.n_dates = {**DEFAULT_N_DATES, **(n_dates or {})}
-        self.train, self.seed, self.epoch = bool(train), int(seed), 0
+        set_geometry(self, modalities, targets, image_size, n_dates, train, seed)
         self._rng = np.random.default_rng([self.seed, 0])
 
         if index is None:  # a caller that already indexed `root` passes its index

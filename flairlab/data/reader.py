@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import rasterio
 import xarray as xr
 
 from flairlab.data.catalog import IGNORE_INDEX, Catalog, Modality, load_catalog
@@ -130,6 +129,8 @@ def read_raster(path: str | Path, modality: str, catalog: Catalog | None = None)
 
     Any numeric dtype is accepted (spec B17); the band count is validated against the catalog.
     """
+    import rasterio  # the GDAL stack loads only when a raster is read (models/training need none)
+
     mod = (catalog or load_catalog()).modality(modality)
     try:
         with rasterio.open(path) as src:
@@ -173,6 +174,8 @@ def open_patch(
     GLOBAL_ALL_MTD date GeoPackages (the S2 mask uses the S2 dates). `x`/`y` are pixel centres
     in the file's CRS; `band` holds the catalog band names.
     """
+    import rasterio
+
     cat = catalog or load_catalog()
     mod = cat.modality(modality)
     parse_patch_id(patch_id)

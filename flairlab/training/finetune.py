@@ -44,6 +44,7 @@ from flairlab.data.dataset import (
 from flairlab.data.errors import DataError
 from flairlab.data.reader import read_raster
 from flairlab.data.results import save_results
+from flairlab.data.synthetic_tensors import open_dataset
 from flairlab.models.heads import SegmentationHead
 from flairlab.models.segmodel import (
     SegmentationModel,
@@ -55,6 +56,7 @@ from flairlab.models.segmodel import (
     save_finetuned,
     to_device,
 )
+from flairlab.training.compiling import compile_module, compile_setting
 from flairlab.training.metrics import evaluate, segmentation_loss
 from flairlab.training.schedules import ema_momentum, ema_update, one_cycle
 
@@ -64,6 +66,8 @@ FINAL_FACTOR = {"probe": 1e7, "finetune": 2.0}
 # -- label subsampling --------------------------------------------------------------------------
 def class_presence(ds: FlairHubDataset, target: str) -> np.ndarray:
     """(N, n_classes) bool: which evaluated classes occur in each patch's label raster."""
+    if hasattr(ds, "class_presence"):  # datasets that know their labels without reading files
+        return ds.class_presence(target)
     alias = TARGETS[target][0]
     name = ds.cat.modality(alias).name
     n = n_classes_of(target)
@@ -144,6 +148,7 @@ class FinetuneConfig:
     num_workers: int = 0
     eval_every: int = 1  # validation every N epochs (and after the last one)
     max_steps_per_epoch: int = 0  # 0 = whole epoch (CI / smoke runs use a few)
+    compile: str = "auto"  # torch.compile: auto (CUDA) | true | false (training.compiling)
 
     def __post_init__(self) -> None:
         if isinstance(self.modalities, str):
@@ -154,6 +159,7 @@ class FinetuneConfig:
             raise DataError("finetune modalities", expected="at least one", found="none")
         if not 0 < self.label_fraction <= 1:
             raise DataError("label_fraction", expected="in (0, 1]", found=self.label_fraction)
+        self.compile = compile_setting(self.compile)
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -244,6 +250,17 @@ def train_phase(
     return history
 
 
+def _warm_up(model: SegmentationModel, loader: DataLoader, task: str, device: torch.device) -> None:
+    """One probe and one fine-tuning step (forward + backward) on a first batch: compiles both
+    graphs before training (validation data: reading it advances no training random stream)."""
+    batch = to_device(next(iter(loader)), device)
+    for frozen in (True, False):
+        with autocast(device):
+            loss = segmentation_loss(model(batch, frozen=frozen), batch[task])
+        if loss is not None:
+            loss.backward()
+
+
 # -- one run ------------------------------------------------------------------------------------
 def run_finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
     """Probe → fine-tune → test; writes `results.json` and `finetuned.safetensors` (+ `.json`)
@@ -274,15 +291,15 @@ def run_finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
 
         root = ensure_sample()
     ds_args = dict(modalities=tuple(mods), targets=(task,), seed=cfg.seed, **geometry)
-    full_train = FlairHubDataset(root, cfg.train_split, train=True, **ds_args)
+    full_train = open_dataset(root, cfg.train_split, train=True, **ds_args)
     presence = class_presence(full_train, task)
     keep = subsample_patches(
         presence, cfg.label_fraction, cfg.seed if cfg.subset_seed < 0 else cfg.subset_seed
     )
     train_ids = [full_train.patch_ids[i] for i in keep]
-    train_ds = FlairHubDataset(root, cfg.train_split, train=True, patch_ids=train_ids, **ds_args)
-    val_ds = FlairHubDataset(root, cfg.val_split, train=False, **ds_args)
-    test_ds = FlairHubDataset(root, cfg.test_split, train=False, **ds_args)
+    train_ds = open_dataset(root, cfg.train_split, train=True, patch_ids=train_ids, **ds_args)
+    val_ds = open_dataset(root, cfg.val_split, train=False, **ds_args)
+    test_ds = open_dataset(root, cfg.test_split, train=False, **ds_args)
 
     ref = "aerial" if "aerial" in mods else max(mods, key=mc.token_grid)
     head = SegmentationHead(
@@ -294,6 +311,8 @@ def run_finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
     )
     model = SegmentationModel(encoder, head, mods).to(device)
     train_loader, val_loader = _loader(train_ds, cfg, True), _loader(val_ds, cfg, False)
+    warm_up = lambda: _warm_up(model, val_loader, task, device)  # noqa: E731
+    compiled = compile_module(model, cfg.compile, device, warm_up)
     history = train_phase(model, train_loader, val_loader, cfg, "probe", device)
     ema = None
     if cfg.use_ema and cfg.finetune_epochs > 0:
@@ -321,6 +340,7 @@ def run_finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
         "config": asdict(cfg),
         "model": info,
         "device": str(device),
+        "compiled": compiled,
         "n_train_patches": len(train_ids),
         "n_train_total": len(full_train),
         "train_patch_ids": train_ids,

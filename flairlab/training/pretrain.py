@@ -47,6 +47,7 @@ from flairlab.models.checkpoint import (
 )
 from flairlab.models.mae import MAE
 from flairlab.models.mae_config import config_diff
+from flairlab.training.compiling import compile_module
 from flairlab.training.loop import (
     EpochBatchSampler,
     MetricLog,
@@ -180,6 +181,8 @@ def pretrain(
                         collate_fn=collate_fn(dataset),
                         generator=torch.Generator().manual_seed(cfg.seed))  # fmt: skip
     loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False)
+    warm_up = lambda: fabric.backward(module(next(iter(loader)))[0])  # noqa: E731
+    compiled = compile_module(module.module, tc.compile, fabric.device, warm_up)
 
     rank0 = fabric.global_rank == 0
     log = MetricLog(out, step) if rank0 else None
@@ -243,6 +246,7 @@ def pretrain(
         "world_size": world,
         "precision": resolve_precision(tc.precision, tc.accelerator),
         "device": str(fabric.device),
+        "compiled": compiled,
         "lr_max": peak,
         "objective": tc.objective,
         "final_loss": vals.get("loss"),  # optimised total, mean over ranks at the last logged step

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, Subset
 
 from flairlab.data.errors import DataError
 from flairlab.models.mae_config import MAEConfig
+from flairlab.training.compiling import compile_setting
 
 _PACKAGE = Path(__file__).resolve().parents[1]  # flairlab/
 # presets: configs/ of a source checkout, or a copy shipped inside the package
@@ -31,7 +32,7 @@ CONFIG_DIR = next((p for p in (_PACKAGE.parent / "configs", _PACKAGE / "configs"
 
 @dataclass
 class DataConfig:
-    source: str = "sample"  # catalog source name ("sample", "flairhub") or a dataset folder
+    source: str = "sample"  # catalog source ("sample", "flairhub"), a folder, or synthetic[:N]
     split: str = "train"
     n_patches: int = 0  # use only the first n patches (0 = all)
     num_workers: int = 0
@@ -62,6 +63,7 @@ class TrainConfig:
     objective: str = "mae"  # mae | contrastive | both
     contrastive_weight: float = 0.0  # w in L = L_MAE + w·L_contrastive (objective both: > 0)
     contrastive: dict[str, Any] = field(default_factory=dict)  # ContrastiveConfig fields
+    compile: str | bool = "auto"  # torch.compile: auto (CUDA) | true | false (training.compiling)
 
     @property
     def uses_mae(self) -> bool:
@@ -72,6 +74,7 @@ class TrainConfig:
         return self.objective in ("contrastive", "both")
 
     def __post_init__(self) -> None:
+        self.compile = compile_setting(self.compile, "train.compile")
         if self.objective not in OBJECTIVES:
             raise DataError("train.objective", expected=OBJECTIVES, found=self.objective)
         w = self.contrastive_weight
@@ -104,7 +107,7 @@ class TrainConfig:
 # fields that may change between a run and its resumption
 RUN_CONTROL = {"output_dir", "resume", "data.num_workers"} | {
     f"train.{n}" for n in ("accelerator", "devices", "threads", "log_every", "ckpt_every",
-                           "keep_checkpoints", "stop_at_step", "precision")
+                           "keep_checkpoints", "stop_at_step", "precision", "compile")
 }  # fmt: skip
 
 
@@ -209,7 +212,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def build_dataset(cfg: PretrainConfig, split: str | None = None, train: bool = True) -> Dataset:
     """FlairHubDataset for the model's modalities and geometry (pre-training needs no labels)."""
     from flairlab.data.catalog import load_catalog
-    from flairlab.data.dataset import FlairHubDataset
+    from flairlab.data.synthetic_tensors import open_dataset
 
     cat = load_catalog()
     root = cat.source_root(cfg.data.source) if cfg.data.source in cat.sources else cfg.data.source
@@ -218,7 +221,7 @@ def build_dataset(cfg: PretrainConfig, split: str | None = None, train: bool = T
 
         root = ensure_sample(root)
     mods = cfg.model.modalities
-    ds = FlairHubDataset(
+    ds = open_dataset(
         root,
         split=split or cfg.data.split,
         modalities=tuple(mods),
