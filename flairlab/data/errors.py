@@ -35,3 +35,10 @@ class DataError(ValueError):
 
 class CatalogError(DataError):
     """`data_catalog.yaml` is invalid; the message names the YAML field."""
+
+
+class UnknownNameError(CatalogError, KeyError):
+    """A modality, nomenclature or source name the catalog does not know (still a KeyError for
+    callers that look names up, but reported like every other DataError)."""
+
+    __str__ = BaseException.__str__

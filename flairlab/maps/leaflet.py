@@ -304,6 +304,8 @@ def interactive_map(
     import ipywidgets as widgets
     import leafmap
 
+    from flairlab.maps.html_map import html_text  # layer control and legend render HTML
+
     panes = split_layers(overlays, split if split and len(overlays) > 1 else None)
     m = leafmap.Map(
         draw_control=False,
@@ -324,7 +326,7 @@ def interactive_map(
         layer = ipyleaflet.ImageOverlay(
             url=ov.data_url(),
             bounds=ov.bounds,
-            name=ov.name,
+            name=html_text(ov.name),
             opacity=ov.opacity,
             visible=ov.show,
             **kw,
@@ -345,7 +347,8 @@ def interactive_map(
     m.add(ipyleaflet.WidgetControl(widget=widgets.VBox(sliders), position="topright"))
     entries = legend_entries(overlays, nomenclature, catalog)
     if entries:
-        m.add_legend(title=legend_title, legend_dict=entries, position="bottomright")
+        m.add_legend(title=html_text(legend_title), position="bottomright",
+                     legend_dict={html_text(k): c for k, c in entries.items()})  # fmt: skip
     if panes:
         left, right = (layers[n] for n in panes)
         m.add(ipyleaflet.SplitMapControl(left_layer=left, right_layer=right))
