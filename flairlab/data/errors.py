@@ -42,3 +42,7 @@ class UnknownNameError(CatalogError, KeyError):
     callers that look names up, but reported like every other DataError)."""
 
     __str__ = BaseException.__str__
+
+
+class DataWarning(UserWarning):
+    """Input that is used, but not as written (e.g. NaN / inf values read as 0); names the file."""
