@@ -204,9 +204,12 @@ def validate_raster(
     if found:
         raise DataError(f"{mod.name} {found[0][0]}: {found[0][1]}"
                         + "".join(f"; {k}: {m}" for k, m in found[1:]), path=path)  # fmt: skip
-    left, top = transform.c, transform.f
-    bounds = (left, top + transform.e * h, left + transform.a * w, top)
-    return RasterInfo(str(path), bounds, count_nonfinite(arr))
+    return RasterInfo(str(path), _bounds(transform, h, w), count_nonfinite(arr))
+
+
+def _bounds(tr: object, h: int, w: int) -> tuple[float, float, float, float]:
+    """(left, bottom, right, top) of a north-up raster."""
+    return (tr.c, tr.f + tr.e * h, tr.c + tr.a * w, tr.f)
 
 
 def check_footprints(patch_id: str, infos: Mapping[str, RasterInfo]) -> None:
@@ -230,6 +233,24 @@ def check_footprints(patch_id: str, infos: Mapping[str, RasterInfo]) -> None:
                 expected=f"bounds {tuple(round(v, 2) for v in ref.bounds)} (as {ref.path})",
                 found=tuple(round(v, 2) for v in info.bounds),
             )
+
+
+def validate_header(
+    path: str | Path, modality: str, catalog: Catalog | None = None
+) -> RasterInfo:
+    """`header_problems` of one file without reading its pixels: DataError naming the file, or
+    its `RasterInfo` (nonfinite not counted) for `check_footprints`."""
+    cat = catalog or load_catalog()
+    mod = cat.modality(modality)
+    try:
+        with rasterio.open(path) as src:
+            tr, crs, count, h, w = src.transform, src.crs, src.count, src.height, src.width
+    except rasterio.errors.RasterioIOError as err:
+        raise DataError(f"cannot read {mod.name} raster: {err}", path=path) from None
+    found = header_problems(mod, cat, count=count, height=h, width=w, crs=crs, transform=tr)
+    if found:
+        raise DataError(f"{mod.name} {found[0][0]}: {found[0][1]}", path=path)
+    return RasterInfo(str(path), _bounds(tr, h, w))
 
 
 def read_checked(
