@@ -78,8 +78,8 @@ def _check_file(
                 n = len(table[pid])  # parses every date of the patch
                 if t is not None and n != t:
                     add("dates", f"{n} dates in {mod.dates.file} but T = {t} in the raster")
-            except DataError as err:
-                add("dates", str(err))
+            except DataError as err:  # the date file's name, then what is wrong
+                add("dates", f"{Path(err.path or '').name}: {str(err).removeprefix(f'{err.path}: ')}")
     if mod.kind == "label":
         for band, values in zip(mod.bands, data, strict=False):
             nom = band.nomenclature

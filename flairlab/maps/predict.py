@@ -242,9 +242,9 @@ def select_patches(
 
 
 def check_patch_files(pid: str, row: Any, columns: Sequence[str], catalog: Catalog) -> None:
-    """The files of one patch that a prediction combines (georeference, inputs, label): each
-    one's header against the catalog (CRS, size, footprint), then their footprints against
-    each other (`check_footprints`); DataError naming the faulty file."""
+    """The files of one patch (every modality the index has, headers only): each one against
+    the catalog (CRS, size, footprint), then their footprints against each other
+    (`check_footprints`: the majority decides which file is misplaced); DataError naming it."""
     infos = {}
     for col in dict.fromkeys(["AERIAL_RGBI", *columns]):
         if col in row.index and not _isna(row[col]):
@@ -319,7 +319,6 @@ def predict(
         index = dataset_index(root, cat)
     select_patches(index, patches=list(patch_ids))  # unknown ids -> DataError
     label_col = LABEL_MODALITY.get(nomenclature)
-    inputs = [cat.modality(m).name for m in modalities]
     zones = group_by_zone(patch_ids)
     geo_by_zone = {}
     for pids in zones.values():  # all checks before anything is written
@@ -334,8 +333,7 @@ def predict(
                 path=root,
             )
         for pid in pids:
-            check_patch_files(pid, rows.loc[pid], [*inputs, *([label_col] if label_col else [])],
-                              cat)  # fmt: skip
+            check_patch_files(pid, rows.loc[pid], cat.modality_names, cat)
         geo_by_zone[tuple(pids)] = {pid: read_patch_geo(p) for pid, p in geo_paths.items()}
     start_run(out_dir, overwrite)
     results = []
