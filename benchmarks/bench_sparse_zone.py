@@ -19,6 +19,7 @@ folder's size sampled at the same rate (a memory-mapped mosaic shows up there), 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import subprocess
@@ -38,10 +39,8 @@ CLI_ZONE = "D006-2020_NV-S1-8"
 def folder_bytes(path: Path) -> int:
     total = 0
     for p in path.rglob("*"):
-        try:
+        with contextlib.suppress(OSError):  # a temporary file renamed while we walk
             total += p.stat().st_size if p.is_file() else 0
-        except OSError:  # a temporary file renamed or removed while we walk
-            pass
     return total
 
 

@@ -155,8 +155,9 @@ def test_notebook_html_export_shows_hostile_outputs_as_text(tmp_path: Path) -> N
     cell = nbformat.v4.new_code_cell("print(names)")
     cell.outputs = [
         nbformat.v4.new_output("stream", name="stdout", text="\n".join(strings) + "\n"),
-        nbformat.v4.new_output("execute_result", data={"text/plain": repr(strings)},
-                               execution_count=1),  # fmt: skip
+        nbformat.v4.new_output(
+            "execute_result", data={"text/plain": repr(strings)}, execution_count=1
+        ),
     ]
     nb.cells = [cell]
     ipynb = tmp_path / "run.ipynb"

@@ -318,6 +318,7 @@ class SparseRaster:
     def __init__(
         self, path: str | Path, *, count: int, dtype: str, width: int, height: int,
         transform: Affine, crs: CRS, nodata: int | float | None = NODATA,
+        colormap: Mapping[int, tuple] | None = None,
     ) -> None:  # fmt: skip
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -330,6 +331,8 @@ class SparseRaster:
             blockxsize=256, blockysize=256, sparse_ok=True, compress="deflate",
             interleave="pixel" if count > 1 else "band",
         )  # fmt: skip
+        if colormap is not None:  # before any pixel: GDAL fixes the photometric tag then
+            self._ds.write_colormap(1, {int(k): (*v[:3], 255) for k, v in colormap.items()})
 
     def write(self, data: np.ndarray, row: int = 0, col: int = 0) -> None:
         """Write (H, W) or (C, H, W) `data` with its upper-left pixel at (row, col)."""
@@ -340,7 +343,6 @@ class SparseRaster:
     def finish(
         self,
         *,
-        colormap: Mapping[int, tuple] | None = None,
         descriptions: Sequence[str] | None = None,
         resampling: str = "nearest",
         tags: Mapping[str, Any] | None = None,
@@ -348,8 +350,6 @@ class SparseRaster:
         from rasterio.shutil import copy as copy_raster
 
         try:
-            if colormap is not None:
-                self._ds.write_colormap(1, {int(k): (*v[:3], 255) for k, v in colormap.items()})
             for i, d in enumerate(descriptions or [], start=1):
                 self._ds.set_band_description(i, d)
             if tags:
@@ -389,11 +389,10 @@ def write_cog(
     arr = data[None] if data.ndim == 2 else data
     c, h, w = arr.shape
     out = SparseRaster(path, count=c, dtype=arr.dtype.name, width=w, height=h,
-                       transform=transform, crs=crs, nodata=nodata)  # fmt: skip
+                       transform=transform, crs=crs, nodata=nodata, colormap=colormap)  # fmt: skip
     try:
         out.write(arr)
     except BaseException:
         out.abort()
         raise
-    return out.finish(colormap=colormap, descriptions=descriptions, resampling=resampling,
-                      tags=tags)  # fmt: skip
+    return out.finish(descriptions=descriptions, resampling=resampling, tags=tags)

@@ -125,10 +125,10 @@ def predict_zone(
     cm = np.zeros((nom.n_classes, nom.n_classes), np.int64)
     labels = dict(labels or {})
 
-    def raster(kind: str, count: int = 1) -> SparseRaster:
+    def raster(kind: str, count: int = 1, colormap: Mapping | None = None) -> SparseRaster:
         return SparseRaster(out_dir / f"{zone}_{kind}.tif", count=count, dtype="uint8",
                             width=grid.width, height=grid.height, transform=grid.transform,
-                            crs=grid.crs)  # fmt: skip
+                            crs=grid.crs, colormap=colormap)  # fmt: skip
 
     def flush(g: int) -> None:  # a finished group: classes, probabilities, truth, errors
         nonlocal cm
@@ -157,11 +157,12 @@ def predict_zone(
                         found=p.shape[0],
                     )
                 n_classes = p.shape[0]
-                outs["prediction"] = raster("prediction")
+                outs["prediction"] = raster("prediction", colormap=nom.colors())
                 if probabilities:
                     outs["probabilities"] = raster("probabilities", n_classes)
                 if labels:
-                    outs["truth"], outs["error"] = raster("truth"), raster("error")
+                    outs["truth"] = raster("truth", colormap=nom.colors())
+                    outs["error"] = raster("error", colormap=ERROR_COLORS)
             if pid not in group_of:
                 raise DataError(f"prediction for patch {pid}, which is not in zone {zone}",
                                 expected=sorted(group_of)[:3], found=pid)  # fmt: skip
@@ -183,20 +184,20 @@ def predict_zone(
                 found=(missing or sorted(geos))[:5],
             )
         tags = dict(zone=zone, nomenclature=nomenclature, blend=blend, patches=len(geos))
-        colors = nom.colors()
         res = ZoneResult(zone, sorted(geos), outs["prediction"].finish(
-            colormap=colors, descriptions=[f"{nomenclature} class"], resampling="mode",
-            tags=tags), nomenclature=nomenclature)  # fmt: skip
+            descriptions=[f"{nomenclature} class"], resampling="mode", tags=tags),
+            nomenclature=nomenclature)  # fmt: skip
         if probabilities:
             res.probabilities = outs["probabilities"].finish(
                 resampling="average", descriptions=nom.names[:n_classes],
                 tags={**tags, "scale": f"1/{PROB_SCALE:g}"},
             )  # fmt: skip
         if labels:
-            res.truth = outs["truth"].finish(colormap=colors, resampling="mode", tags=tags,
+            res.truth = outs["truth"].finish(resampling="mode", tags=tags,
                                              descriptions=[f"{nomenclature} label"])  # fmt: skip
-            res.error = outs["error"].finish(colormap=ERROR_COLORS, tags=tags,
-                descriptions=["0 correct, 1 wrong, 255 not evaluated"])  # fmt: skip
+            res.error = outs["error"].finish(
+                tags=tags, descriptions=["0 correct, 1 wrong, 255 not evaluated"]
+            )
             res.metrics = metrics_of_confusion(cm, nom)
     except BaseException:
         for out in outs.values():
