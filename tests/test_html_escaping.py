@@ -166,3 +166,13 @@ def test_notebook_html_export_shows_hostile_outputs_as_text(tmp_path: Path) -> N
     assert seen["pwned"] is None and seen["dialogs"] == [] and seen["images"] == 0, seen
     for s in strings[:5]:
         assert s in seen["text"], s
+
+
+def test_patch_browser_legend_escapes_class_names(tmp_path: Path) -> None:
+    """The exploration browser's legend is an ipywidgets HTML widget: names are text there."""
+    from flairlab.explore.browser import _legend_html
+
+    strings = hostile_strings(tmp_path / "canary")
+    markup = _legend_html([(i, s, "#123456") for i, s in enumerate(strings)], strings[2])
+    assert "<script>" not in markup and "<img" not in markup and "<b>bold?" not in markup
+    assert "&lt;/script&gt;&lt;script&gt;" in markup and "{{7*7}} class" in markup
