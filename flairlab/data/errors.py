@@ -26,8 +26,10 @@ class DataError(ValueError):
         self.expected = expected
         self.found = found
         msg = what
-        if expected is not None or found is not None:
-            msg += f": expected {expected}, found {found}"
+        if expected is not None:
+            msg += f": expected {expected}" + ("" if found is None else f", found {found}")
+        elif found is not None:
+            msg += f": found {found}"
         if self.path:
             msg = f"{self.path}: {msg}"
         super().__init__(msg)
