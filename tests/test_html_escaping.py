@@ -9,18 +9,17 @@ code, and whose visible text must hold every string as written.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat
 import numpy as np
 import pytest
 import yaml
+from test_lab import CHROMIUM, need_chromium
 
 from flairlab.data.catalog import load_catalog
 from flairlab.maps.leaflet import Overlay
 
-CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -35,14 +34,6 @@ def hostile_strings(canary: Path) -> list[str]:
         "{{ cycler.__init__.__globals__.os.mkdir('" + str(canary) + "') }}",
         "<b>bold?</b> & 'quotes' \u2028 line sep",
     ]
-
-
-def need_chromium() -> None:
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail("CI is set but /usr/bin/chromium is missing (apt-get install chromium)")
-        pytest.skip("Debian chromium not installed (apt-get install chromium)")
-    pytest.importorskip("playwright")
 
 
 def open_in_chromium(page_file: Path) -> dict:

@@ -8,7 +8,7 @@ reference left in a page. The `Overlay` layers come from `flairlab.maps.leaflet`
 Escaping discipline (every string that comes from data — layer names, class names, titles, zone
 or model names, metrics — goes through exactly one of these, by context):
 
-* into markup: `html_text(s)` (HTML-escaped text, quotes included), inside markup built here;
+* into markup: `html_text(s)` (HTML-escaped text, quotes included; defined in `maps.leaflet`),
 * into a `<script>`: `js_value(obj)` (JSON with `<`, `>`, `&`, `'` as `\\uXXXX`, so `</script>`
   cannot close the block);
 * onto the page: `Verbatim(markup)` / `VerbatimScript(js)` (`verbatim_elements()`), branca
@@ -21,14 +21,19 @@ or model names, metrics — goes through exactly one of these, by context):
 from __future__ import annotations
 
 import base64
-import html
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from flairlab.data.catalog import Catalog
 from flairlab.data.errors import DataError
-from flairlab.maps.leaflet import Overlay, legend_entries, split_layers, union_bounds
+from flairlab.maps.leaflet import (
+    Overlay,
+    html_text,
+    legend_entries,
+    split_layers,
+    union_bounds,
+)
 
 _JS_NAME = re.compile(r"^[A-Za-z_$][\w$]*$")  # a JavaScript identifier (folium's layer names)
 ASSETS = Path(__file__).resolve().parents[1] / "resources" / "leaflet"
@@ -42,11 +47,6 @@ _ANCHOR = re.compile(r"<a\b[^>]*>", re.IGNORECASE)
 
 
 # -- escaping --------------------------------------------------------------------------------------
-def html_text(value: object) -> str:
-    """`value` as HTML text: `<`, `>`, `&`, `"`, `'` escaped (safe in elements and attributes)."""
-    return html.escape(str(value), quote=True)
-
-
 def js_value(value: object) -> str:
     """`value` as a JavaScript literal that is safe inside an HTML `<script>` block."""
     from jinja2.utils import htmlsafe_json_dumps

@@ -15,6 +15,7 @@ image overlays embedded as PNG `data:` URLs. Two renderers share the same `Overl
 from __future__ import annotations
 
 import base64
+import html
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -139,6 +140,12 @@ def to_web_mercator(
     west, north = to_ll.transform(*(dst_tr @ (0, 0)))
     east, south = to_ll.transform(*(dst_tr @ (dw, dh)))
     return out, valid.astype(bool), [[south, west], [north, east]]
+
+
+def html_text(value: object) -> str:
+    """`value` as HTML text: `<`, `>`, `&`, `"`, `'` escaped (safe in elements and attributes).
+    The escaping discipline of every map page is described in `flairlab.maps.html_map`."""
+    return html.escape(str(value), quote=True)
 
 
 def _hex_rgb(color: str) -> tuple[int, int, int]:
@@ -304,8 +311,6 @@ def interactive_map(
     import ipywidgets as widgets
     import leafmap
 
-    from flairlab.maps.html_map import html_text  # layer control and legend render HTML
-
     panes = split_layers(overlays, split if split and len(overlays) > 1 else None)
     m = leafmap.Map(
         draw_control=False,
@@ -326,7 +331,7 @@ def interactive_map(
         layer = ipyleaflet.ImageOverlay(
             url=ov.data_url(),
             bounds=ov.bounds,
-            name=html_text(ov.name),
+            name=html_text(ov.name),  # the layer control and the legend render HTML
             opacity=ov.opacity,
             visible=ov.show,
             **kw,
