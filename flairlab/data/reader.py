@@ -14,7 +14,7 @@ first two and returns a `RasterInfo` (bounds, count of NaN/inf values) for the t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -212,9 +212,12 @@ def _bounds(tr: object, h: int, w: int) -> tuple[float, float, float, float]:
     return (tr.c, tr.f + tr.e * h, tr.c + tr.a * w, tr.f)
 
 
-def check_footprints(patch_id: str, infos: Mapping[str, RasterInfo]) -> None:
+def check_footprints(
+    patch_id: str, infos: Mapping[str, RasterInfo], only: Collection[str] | None = None
+) -> None:
     """Every file of one patch must cover the same ground (within FOOTPRINT_TOL_M); otherwise
-    DataError naming the odd file out (against the footprint most files share)."""
+    DataError naming the odd file out (against the footprint most files share). With `only`,
+    the other files just vote for the reference footprint (witnesses) and are not checked."""
     if len(infos) < 2:
         return
     items = list(infos.items())
@@ -225,7 +228,7 @@ def check_footprints(patch_id: str, infos: Mapping[str, RasterInfo]) -> None:
     support = [sum(agree(i, j) for _, j in items) for _, i in items]
     ref_name, ref = items[int(np.argmax(support))]
     for name, info in items:
-        if not agree(info, ref):
+        if (only is None or name in only) and not agree(info, ref):
             raise DataError(
                 f"{name} of patch {patch_id} covers other ground than its {ref_name} "
                 "(shifted geotransform, or another patch's file?)",

@@ -242,15 +242,23 @@ def select_patches(
     return list(df.index)
 
 
-def check_patch_files(pid: str, row: Any, columns: Sequence[str], catalog: Catalog) -> None:
-    """The files of one patch (every modality the index has, headers only): each one against
-    the catalog (CRS, size, footprint), then their footprints against each other
-    (`check_footprints`: the majority decides which file is misplaced); DataError naming it."""
+def check_patch_files(
+    pid: str, row: Any, used: Sequence[str], catalog: Catalog, witnesses: Sequence[str] = ()
+) -> None:
+    """The files of one patch that a prediction combines (`used`: georeference, inputs, label;
+    headers only) against the catalog (CRS, size, footprint), then against each other
+    (`check_footprints`); the patch's other files (`witnesses`) only help decide which footprint
+    is right. DataError naming the faulty file."""
     infos = {}
-    for col in dict.fromkeys(["AERIAL_RGBI", *columns]):
-        if col in row.index and not _isna(row[col]):
+    for col in dict.fromkeys([*used, *witnesses]):
+        if col not in row.index or _isna(row[col]):
+            continue
+        try:
             infos[col] = validate_header(row[col], col, catalog)
-    check_footprints(pid, infos)
+        except DataError:
+            if col in used:
+                raise
+    check_footprints(pid, infos, only=[c for c in used if c in infos])
 
 
 def group_by_zone(patch_ids: Iterable[str]) -> dict[str, list[str]]:
@@ -321,6 +329,7 @@ def predict(
     select_patches(index, patches=list(patch_ids))  # unknown ids -> DataError
     label_col = LABEL_MODALITY.get(nomenclature)
     zones = group_by_zone(patch_ids)
+    inputs = [cat.modality(m).name for m in modalities] if batches_for is None else []
     geo_by_zone = {}
     for pids in zones.values():  # all checks before anything is written
         rows = index.loc[pids]
@@ -334,7 +343,8 @@ def predict(
                 path=root,
             )
         for pid in pids:
-            check_patch_files(pid, rows.loc[pid], cat.modality_names, cat)
+            used = ["AERIAL_RGBI", *inputs, *([label_col] if label_col else [])]
+            check_patch_files(pid, rows.loc[pid], used, cat, witnesses=cat.modality_names)
         geo_by_zone[tuple(pids)] = {pid: read_patch_geo(p) for pid, p in geo_paths.items()}
     start_run(out_dir, overwrite)
     results = []
