@@ -56,6 +56,7 @@ n_show: int = 3  # test patches shown next to their ground truth
 seed: int = 0  # weights, data order, augmentation and label subset
 device: str = "auto"  # auto, cpu or cuda
 output_dir: str = "outputs/04_finetune"  # results.json, figures/, finetuned.safetensors
+overwrite: bool = False  # write into a non-empty output_dir (an earlier run's files are replaced)
 source: str = "sample"  # catalog source name (or a dataset folder)
 
 
@@ -93,7 +94,7 @@ cfg
 # Each epoch logs the training loss and the validation mIoU (EMA weights during fine-tuning); the test split is evaluated once at the end.
 
 # %%
-results = run_finetune(cfg, output_dir)
+results = run_finetune(cfg, output_dir, overwrite=overwrite)
 print(f"{results['n_train_patches']} of {results['n_train_total']} training patches; test mIoU {results['test_miou']:.3f}, OA {results['test_oa']:.3f}")
 
 # %% [markdown]

@@ -34,6 +34,7 @@ basemap: str = ""  # e.g. OpenStreetMap (needs internet), empty: none, fully off
 device: str = "auto"  # auto, cpu or cuda
 seed: int = 0  # initialisation of a fresh model
 output_dir: str = "outputs/05_predict_and_map"  # GeoTIFFs, HTML maps, results.json, figures/
+overwrite: bool = False  # write into a non-empty output_dir (an earlier run's files are replaced)
 source: str = "sample"  # catalog source name (or a dataset folder)
 
 
@@ -81,7 +82,8 @@ model_modalities
 
 # %%
 results = predict(predict_fn, root, patch_ids, output_dir, modalities=model_modalities,
-                  batch_size=batch_size, blend=blend, probabilities=probabilities)
+                  batch_size=batch_size, blend=blend, probabilities=probabilities,
+                  overwrite=overwrite)
 table = pd.DataFrame([{
     'zone': r.zone, 'patches': len(r.patch_ids), 'prediction': r.prediction.name,
     'OA': r.metrics.get('oa'), 'mIoU': r.metrics.get('miou'),

@@ -20,7 +20,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from flairlab.data.errors import CatalogError
+from flairlab.data.errors import CatalogError, UnknownNameError
 
 CATALOG_ENV = "FLAIRLAB_CATALOG"
 _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -226,7 +226,12 @@ class Catalog(_Strict):
         for m in self.modalities.values():
             if m.alias == name:
                 return m
-        raise KeyError(f"unknown modality {name!r}; known: {sorted(self.modalities)}")
+        aliases = sorted(m.alias for m in self.modalities.values())
+        raise UnknownNameError(
+            "unknown modality",
+            expected=f"one of {sorted(self.modalities)} or {aliases}",
+            found=name,
+        )
 
     @property
     def modality_names(self) -> list[str]:
@@ -236,14 +241,14 @@ class Catalog(_Strict):
         try:
             return self.nomenclatures[name]
         except KeyError:
-            raise KeyError(
-                f"unknown nomenclature {name!r}; known: {sorted(self.nomenclatures)}"
+            raise UnknownNameError(
+                "unknown nomenclature", expected=sorted(self.nomenclatures), found=name
             ) from None
 
     def source_root(self, name: str = "sample") -> Path:
         """Resolve a named source: its env variable wins, else `path` (relative to the YAML)."""
         if name not in self.sources:
-            raise KeyError(f"unknown source {name!r}; known: {sorted(self.sources)}")
+            raise UnknownNameError("unknown source", expected=sorted(self.sources), found=name)
         src = self.sources[name]
         raw = os.environ.get(src.env) if src.env else None
         p = Path(os.path.expanduser(raw or src.path))

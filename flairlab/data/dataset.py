@@ -14,7 +14,13 @@ One item = every selected modality of one patch, resampled to the model geometry
 Deliberate deviations from the reference loader (documented, §13.5): the bin offset in
 `{0, …, T mod D}` is random only in training (evaluation uses offset 0, so evaluation is
 deterministic), and flips are applied only in training. A series shorter than `D` is stretched by
-repeating acquisitions (the reference fails). Non-finite values left after scaling become 0.
+repeating acquisitions (the reference fails). Non-finite values left after scaling become 0; the
+raw NaN / inf values of each file are counted (`FlairHubDataset.nonfinite`) and reported once
+per file with a `DataWarning`.
+
+Every file read is validated against the catalog (`flairlab.data.reader.validate_raster`: bands,
+size, CRS, footprint, dtype whose values would change meaning) and the files of one item must
+cover the same ground (`check_footprints`): a shifted or swapped raster is a DataError naming it.
 
 Batch contract (`collate`): `{key: float32 (B, D, C, H, W), f"{key}_dates": int64 (B, D, 3),
 "ref_date": int64 (B, 1, 3), target: int64 (B, H, W) with 255 = ignore, "patch_id": [str],
@@ -30,12 +36,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
 from flairlab.data.catalog import Catalog, load_catalog
-from flairlab.data.errors import DataError
+from flairlab.data.errors import DataError, DataWarning
 from flairlab.data.index import index_patches
-from flairlab.data.reader import cosia_target, lpis_target, read_dates, read_raster
+from flairlab.data.reader import (
+    RasterInfo,
+    check_footprints,
+    cosia_target,
+    lpis_target,
+    read_checked,
+    read_dates,
+)
 
 # model key (= catalog alias) -> model-side band order, by catalog band name
 MODEL_BANDS: dict[str, list[str]] = {
@@ -282,7 +295,8 @@ class FlairHubDataset(Dataset):
         self.cat = cat = catalog or load_catalog()
         self.root = _resolve_root(root, cat)
         set_geometry(self, modalities, targets, image_size, n_dates, train, seed)
-        self._rng = np.random.default_rng([self.seed, 0])
+        self.nonfinite: dict[str, int] = {}  # file -> NaN / inf values read (this process)
+        self._infos: dict[str, RasterInfo] = {}  # files of the item being read
 
         if index is None:  # a caller that already indexed `root` passes its index
             index = build_index(self.root, split, cat)
@@ -331,20 +345,24 @@ class FlairHubDataset(Dataset):
         return len(self.patch_ids)
 
     def set_epoch(self, epoch: int) -> None:
-        """Restart the main-process random stream at `epoch` (for exact resume)."""
+        """Set the epoch of the training random draws (flips, dates): they depend only on
+        (seed, epoch, sample index), so any resume point — mid-epoch included — is exact."""
         self.epoch = int(epoch)
-        self._rng = np.random.default_rng([self.seed, self.epoch + 1])
 
     def _item_rng(self, i: int) -> np.random.Generator:
         if not self.train:
             return np.random.default_rng([self.seed, i])
-        info = get_worker_info()  # workers: torch gives each worker a new seed every epoch
-        stream = info.seed if info is not None else int(self._rng.integers(2**62))
-        return np.random.default_rng([self.seed, stream % 2**63, i])
+        return np.random.default_rng([self.seed, self.epoch, i])
 
     def _read(self, key: str, pid: str) -> np.ndarray:
         name = self.cat.modality(key).name
-        return read_raster(self.index.at[pid, name], name)
+        arr, info = read_checked(self.index.at[pid, name], name, self.cat)
+        self._infos[name] = info
+        if info.nonfinite:
+            self.nonfinite[info.path] = info.nonfinite
+            warnings.warn(f"{info.path}: {info.nonfinite} NaN/inf value(s) of {arr.size} in "
+                          f"{name}, read as 0", DataWarning, stacklevel=2)  # fmt: skip
+        return arr
 
     def _series(self, key: str, pid: str, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         x = self._read(key, pid)
@@ -368,6 +386,7 @@ class FlairHubDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         pid = self.patch_ids[i]
         rng = self._item_rng(i)
+        self._infos = {}
         flips = tuple(bool(b) for b in rng.random(3) < 0.5) if self.train else (False,) * 3
         ref = dates_to_ydh(self._dates[REF_MODALITY][pid][:1])
         item: dict = {"patch_id": pid, "roi": self.rois[i], "ref_date": torch.from_numpy(ref)}
@@ -382,6 +401,7 @@ class FlairHubDataset(Dataset):
             arr = self._read(alias, pid)
             y = label_target(arr, t, self.index.at[pid, self.cat.modality(alias).name])
             item[t] = torch.from_numpy(dihedral(resize_nearest(y, self.image_size[t]), *flips))
+        check_footprints(pid, self._infos)
         return item
 
 

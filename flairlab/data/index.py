@@ -5,13 +5,16 @@ A patch id is `DOMAIN_ROI_R-C` (`D006-2020_FF-S1-14_5-5`); its file for modality
 `AERIAL-RLT_PAN`, whose folder and file use `<CODE>-195X` instead of `<CODE>-<YEAR>`.
 
 Split-CSV cells are relative paths starting with `../` (the official loader resolves them against
-the process working directory). flairlab resolves them against a dataset root instead: the leading
-`../` is dropped and the rest joined to `root` (default: the folder holding the CSV).
+the process working directory, one level below the data). flairlab resolves them against a
+dataset root: the leading `../` is dropped and the rest joined to `root`. Without `root`, the root
+is the CSV's parent folder when the files are there (the cells read literally), else the CSV's
+own folder (the toy release's layout); when neither holds the files, a DataError lists them.
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +140,6 @@ def read_split_csv(
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataError("split CSV not found", path=csv_path)
-    base = Path(root) if root is not None else csv_path.parent
     raw = pd.read_csv(csv_path, sep=_sniff_delimiter(csv_path), dtype=str, keep_default_na=False)
     if "patch_id" not in raw.columns:
         raise DataError(
@@ -146,10 +148,15 @@ def read_split_csv(
             expected="patch_id,<modality columns>",
             found=",".join(raw.columns),
         )
+    if raw.empty:
+        raise DataError("split CSV has a header but no patch rows", path=csv_path,
+                        expected="one line per patch", found="0 lines")  # fmt: skip
     if raw["patch_id"].duplicated().any():
         dup = raw.loc[raw["patch_id"].duplicated(), "patch_id"].iloc[0]
         raise DataError(f"patch_id {dup!r} appears more than once", path=csv_path)
+    _refuse_unknown_modality_columns(raw, csv_path, cat)
     mods = [c for c in raw.columns if c in cat.modalities]
+    base = Path(root) if root is not None else _csv_root(csv_path, raw[mods])
     out = pd.DataFrame(index=pd.Index(raw["patch_id"], name="patch_id"))
     for row_no, pid in enumerate(raw["patch_id"], start=2):
         try:
@@ -162,9 +169,7 @@ def read_split_csv(
             if not cell:
                 values.append(pd.NA)
                 continue
-            rel = cell.replace("\\", "/")
-            while rel.startswith("../") or rel.startswith("./"):
-                rel = rel.split("/", 1)[1]
+            rel = _relative(cell)
             expected = modality_path("", pid, mod, cat).as_posix()
             if rel != expected:
                 raise DataError(
@@ -178,6 +183,51 @@ def read_split_csv(
     df = _finish(out, cat, base)
     df.attrs["split_csv"] = str(csv_path)
     return df
+
+
+def _relative(cell: str) -> str:
+    """A split-CSV cell without its leading `../` / `./` parts."""
+    rel = cell.replace("\\", "/")
+    while rel.startswith("../") or rel.startswith("./"):
+        rel = rel.split("/", 1)[1]
+    return rel
+
+
+def _csv_root(csv_path: Path, cells: pd.DataFrame, n_probe: int = 10) -> Path:
+    """Dataset root of a split CSV: its parent folder (cells `../X` read literally) if the files
+    are there, else its own folder; DataError listing the first missing files otherwise."""
+    rels = [_relative(c) for c in cells.to_numpy().ravel() if c][:n_probe]
+    candidates = list(dict.fromkeys([csv_path.parent.parent, csv_path.parent]))
+    if not rels:
+        return csv_path.parent
+    found = [sum((base / r).is_file() for r in rels) for base in candidates]
+    if max(found) > 0:
+        return candidates[found.index(max(found))]
+    missing = [str(base / r) for base in candidates for r in rels[:2]]
+    raise DataError(
+        "files of the split CSV not found next to it",
+        path=csv_path,
+        expected="the modality folders in the CSV's folder or its parent (else pass root=)",
+        found="missing " + ", ".join(missing),
+    )
+
+
+def _refuse_unknown_modality_columns(raw: pd.DataFrame, path: Path, cat: Catalog) -> None:
+    """A column that is not a catalog modality but looks like one (a close name, or `.tif`
+    cells) is a DataError rather than silently dropped; other extra columns are ignored."""
+    for col in raw.columns:
+        if col == "patch_id" or col in cat.modalities:
+            continue
+        close = difflib.get_close_matches(col.upper(), cat.modality_names, n=1, cutoff=0.75)
+        tif = raw[col].head(20).str.lower().str.endswith((".tif", ".tiff")).any()
+        if close or tif:
+            raise DataError(
+                f"column {col!r} is not a modality of the catalog"
+                + (f" (did you mean {close[0]!r}?)" if close else ""),
+                path=path,
+                expected=cat.modality_names,
+                found=col,
+            )
 
 
 def scan_root(root: str | Path, catalog: Catalog | None = None) -> pd.DataFrame:

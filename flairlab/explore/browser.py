@@ -13,6 +13,7 @@ B = snow % (white = both).
 
 from __future__ import annotations
 
+import html
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,13 +238,15 @@ def _png(panel: Panel, px: int) -> bytes:
 
 
 def _legend_html(legend: list[tuple[int, str, str]], title: str) -> str:
+    """Legend markup for an ipywidgets HTML widget: names and title as escaped text (a class
+    name from the catalog is data, never markup)."""
     items = "".join(
         f'<span style="display:inline-block;margin:1px 6px 1px 0"><span style="display:'
-        f"inline-block;width:11px;height:11px;background:{c};border:1px solid #333;"
-        f'vertical-align:middle"></span> {i} {n}</span>'
+        f"inline-block;width:11px;height:11px;background:{html.escape(c)};border:1px solid #333;"
+        f'vertical-align:middle"></span> {i} {html.escape(n)}</span>'
         for i, n, c in legend
     )
-    return f"<b>{title}</b>: {items}"
+    return f"<b>{html.escape(title)}</b>: {items}"
 
 
 class PatchBrowser:
@@ -324,7 +327,7 @@ class PatchBrowser:
         for key in PANEL_ORDER:
             self.boxes[key].layout.display = "flex" if key in panels else "none"
             if key in panels:
-                self.titles[key].value = f"<small>{panels[key].title}</small>"
+                self.titles[key].value = f"<small>{html.escape(panels[key].title)}</small>"
                 self.images[key].value = _png(panels[key], self.px)
         self.legend.value = "<br>".join(
             _legend_html(panels[k].legend, panels[k].title)

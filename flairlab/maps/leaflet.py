@@ -15,6 +15,7 @@ image overlays embedded as PNG `data:` URLs. Two renderers share the same `Overl
 from __future__ import annotations
 
 import base64
+import html
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -139,6 +140,12 @@ def to_web_mercator(
     west, north = to_ll.transform(*(dst_tr @ (0, 0)))
     east, south = to_ll.transform(*(dst_tr @ (dw, dh)))
     return out, valid.astype(bool), [[south, west], [north, east]]
+
+
+def html_text(value: object) -> str:
+    """`value` as HTML text: `<`, `>`, `&`, `"`, `'` escaped (safe in elements and attributes).
+    The escaping discipline of every map page is described in `flairlab.maps.html_map`."""
+    return html.escape(str(value), quote=True)
 
 
 def _hex_rgb(color: str) -> tuple[int, int, int]:
@@ -324,7 +331,7 @@ def interactive_map(
         layer = ipyleaflet.ImageOverlay(
             url=ov.data_url(),
             bounds=ov.bounds,
-            name=ov.name,
+            name=html_text(ov.name),  # the layer control and the legend render HTML
             opacity=ov.opacity,
             visible=ov.show,
             **kw,
@@ -345,7 +352,8 @@ def interactive_map(
     m.add(ipyleaflet.WidgetControl(widget=widgets.VBox(sliders), position="topright"))
     entries = legend_entries(overlays, nomenclature, catalog)
     if entries:
-        m.add_legend(title=legend_title, legend_dict=entries, position="bottomright")
+        m.add_legend(title=html_text(legend_title), position="bottomright",
+                     legend_dict={html_text(k): c for k, c in entries.items()})  # fmt: skip
     if panes:
         left, right = (layers[n] for n in panes)
         m.add(ipyleaflet.SplitMapControl(left_layer=left, right_layer=right))

@@ -17,7 +17,6 @@ pipeline and every difference is reported in a warning (none for FLAIR-HUB weigh
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -54,9 +53,7 @@ def source_kind(source: str | Path) -> str:
 
 
 def _flairlab_state(p: Path) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, Any]]:
-    from safetensors.torch import load_file
-
-    from flairlab.models.checkpoint import resolve_checkpoint
+    from flairlab.models.checkpoint import read_json, read_safetensors, resolve_checkpoint
     from flairlab.models.hub import read_reference_json
 
     if p.is_file():
@@ -67,8 +64,12 @@ def _flairlab_state(p: Path) -> tuple[dict[str, Tensor], dict[str, Any], dict[st
     if not cfg_path.is_file():
         raise DataError("checkpoint has no JSON model config beside it", path=weights,
                         expected=cfg_path.name, found="none")  # fmt: skip
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    return load_file(str(weights)), cfg.get("model", cfg), read_reference_json(weights.parent)
+    cfg = read_json(cfg_path)
+    if "model_config" in cfg:
+        raise DataError("this is a fine-tuned model, not a pre-training checkpoint", path=weights,
+                        expected="a pre-training run folder or its model.safetensors",
+                        found="finetuned weights")  # fmt: skip
+    return read_safetensors(weights), cfg.get("model", cfg), read_reference_json(weights.parent)
 
 
 def pretrained_state(

@@ -157,57 +157,113 @@ DECODER_PREFIXES = ("encoder.decoders.", "encoder.enc_to_dec.", "encoder.mask_to
                     "encoder.pixel_heads.")  # fmt: skip
 
 
+# the .json fields that define the model: saved in the weights file too, and checked on load
+MODEL_FIELDS = ("model_config", "modalities", "n_classes", "feature_norm", "grid", "label_size",
+                "task", "geometry")  # fmt: skip
+META_KEY = "flairlab_model"  # safetensors header entry holding those fields (JSON)
+
+
 def save_finetuned(model: SegmentationModel, path: str | Path, meta: dict[str, Any]) -> Path:
     """Weights (without the unused MAE decoder) as safetensors + `<path>.json` describing the
-    model (`model_config`, `task`, `modalities`, `n_classes`, `grid`, `label_size`, …)."""
+    model (`model_config`, `task`, `modalities`, `n_classes`, `grid`, `label_size`, …). The
+    model-defining fields are also stored in the safetensors header, so an edited `.json` is
+    caught by `load_finetuned`."""
     from safetensors.torch import save_file
+
+    from flairlab.data.results import _jsonable
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
              if not k.startswith(DECODER_PREFIXES)}  # fmt: skip
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp))
-    tmp.replace(path)
-    write_json_atomic(path.with_suffix(".json"), {
+    info = _jsonable({
         "model_config": model.encoder.config.to_dict(), "modalities": model.modalities,
         "n_classes": model.head.n_classes,
         "feature_norm": model.head.feature_norm is not None, "grid": model.head.grid,
         "label_size": model.head.out_size, **meta,
     })  # fmt: skip
+    header = {k: info[k] for k in MODEL_FIELDS if k in info}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp), {"format": "pt", META_KEY: json.dumps(header, sort_keys=True)})
+    tmp.replace(path)
+    write_json_atomic(path.with_suffix(".json"), info)
     return path
+
+
+def _resolve_finetuned(path: Path) -> Path:
+    """The `finetuned.safetensors` of a file or folder; a pre-training checkpoint is refused."""
+    if path.is_dir():
+        if (path / "finetuned.safetensors").is_file():
+            return path / "finetuned.safetensors"
+        if any((d / n).exists() for d in (path, path / "checkpoints")
+               for n in ("model.safetensors", "latest.json")):  # fmt: skip
+            raise DataError("this is a pre-training checkpoint, not a fine-tuned model", path=path,
+                            expected="finetuned.safetensors (written by `flairlab finetune`)",
+                            found="a pre-training run")  # fmt: skip
+        raise DataError("no fine-tuned model in this folder", path=path,
+                        expected="finetuned.safetensors", found="none")  # fmt: skip
+    return path
+
+
+def _model_meta_diff(saved: Any, meta: Any, prefix: str = "") -> list[str]:
+    """Dotted fields where the `.json` (meta) differs from the copy in the weights (saved)."""
+    if isinstance(saved, dict) and isinstance(meta, dict):
+        return [d for k in sorted(set(saved) | set(meta))
+                for d in _model_meta_diff(saved.get(k, "<missing>"), meta.get(k, "<missing>"),
+                                          f"{prefix}{k}.")]  # fmt: skip
+    return [] if saved == meta else [f"{prefix[:-1]} (weights {saved!r}, json {meta!r})"]
 
 
 def load_finetuned(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[SegmentationModel, dict[str, Any]]:
-    """Rebuild a model written by `save_finetuned` (eval mode). Returns (model, metadata)."""
-    from safetensors.torch import load_file
+    """Rebuild a model written by `save_finetuned` (eval mode). Returns (model, metadata).
 
+    The `.json` must agree with the weights: with the model fields stored in the weights header
+    (files written since that header exists) and, always, with every tensor's name and shape."""
+    from safetensors import safe_open
+
+    from flairlab.models.checkpoint import read_json, read_safetensors
     from flairlab.models.mae import MAE
     from flairlab.models.mae_config import MAEConfig
 
-    path = Path(path)
+    path = _resolve_finetuned(Path(path))
     meta_path = path.with_suffix(".json")
     if not path.is_file() or not meta_path.is_file():
         raise DataError("fine-tuned model needs its .safetensors and .json", path=path)
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    encoder = MAE(MAEConfig.from_dict(meta["model_config"]))
-    head = SegmentationHead(
-        encoder.embed_dim,
-        meta["n_classes"],
-        meta["grid"],
-        meta["label_size"],
-        feature_norm=meta.get("feature_norm", False),
-    )
-    model = SegmentationModel(encoder, head, meta["modalities"])
-    state = load_file(str(path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(DECODER_PREFIXES)]
-    if missing or unexpected:
-        raise DataError("fine-tuned weights do not fit their config", path=path,
-                        expected="matching tensors", found=f"missing {missing[:3]}, "
-                        f"unexpected {unexpected[:3]}")  # fmt: skip
+    meta = read_json(meta_path)
+    state = read_safetensors(path)
+    if "model_config" not in meta:
+        kind = "a pre-training checkpoint" if "modalities" in meta else "not a fine-tuned model"
+        raise DataError(f"{kind}: its .json has no model_config", path=meta_path,
+                        expected="finetuned.safetensors + .json written by `flairlab finetune`",
+                        found=sorted(meta)[:6])  # fmt: skip
+    with safe_open(str(path), "pt") as f:
+        header = (f.metadata() or {}).get(META_KEY)
+    if header is not None:
+        saved = json.loads(header)
+        diff = _model_meta_diff(saved, {k: meta.get(k, "<missing>") for k in saved})
+        if diff:
+            raise DataError("the .json does not match the weights it describes (edited?): "
+                            + "; ".join(diff[:5]), path=meta_path)  # fmt: skip
+    try:
+        encoder = MAE(MAEConfig.from_dict(meta["model_config"]))
+        head = SegmentationHead(encoder.embed_dim, meta["n_classes"], meta["grid"],
+                                meta["label_size"], feature_norm=meta.get("feature_norm", False))
+        model = SegmentationModel(encoder, head, meta["modalities"])
+    except (KeyError, TypeError) as err:
+        raise DataError(f"fine-tuned model description: {type(err).__name__} {err}",
+                        path=meta_path) from None  # fmt: skip
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(DECODER_PREFIXES)}
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [f"{k}: weights {tuple(state[k].shape)}, json {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]  # fmt: skip
+    if missing or unexpected or shapes:
+        raise DataError("fine-tuned weights do not fit their .json", path=path,
+                        expected="the tensors the .json describes",
+                        found=f"missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                        f"shapes {shapes[:3]}")  # fmt: skip
+    model.load_state_dict(state, strict=False)
     return model.to(device).eval(), meta
 
 

@@ -43,7 +43,7 @@ from flairlab.data.dataset import (
 )
 from flairlab.data.errors import DataError
 from flairlab.data.reader import read_raster
-from flairlab.data.results import save_results
+from flairlab.data.results import save_results, start_run
 from flairlab.data.synthetic_tensors import open_dataset
 from flairlab.models.heads import SegmentationHead
 from flairlab.models.segmodel import (
@@ -262,9 +262,13 @@ def _warm_up(model: SegmentationModel, loader: DataLoader, task: str, device: to
 
 
 # -- one run ------------------------------------------------------------------------------------
-def run_finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
+def run_finetune(
+    cfg: FinetuneConfig, output_dir: str | Path, overwrite: bool = False
+) -> dict[str, Any]:
     """Probe → fine-tune → test; writes `results.json` and `finetuned.safetensors` (+ `.json`)
-    to `output_dir` and returns the results dict."""
+    to `output_dir` and returns the results dict. `output_dir` must be empty or new unless
+    `overwrite` (the results of another run are never merged in)."""
+    start_run(output_dir, overwrite)
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
@@ -391,6 +395,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         else:
             p.add_argument(flag, type=type(value), default=value, help=f"(default {value!r})")
     p.add_argument("--output-dir", default="outputs/finetune", help="results + weights folder")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty output dir")
     p.set_defaults(func=_run_cli)
 
 
@@ -403,7 +408,7 @@ def _run_cli(args: argparse.Namespace) -> int:
         if f.name in ("image_size", "patch_size", "n_dates"):
             value = parse_mapping(value)
         kw[f.name] = value
-    res = run_finetune(FinetuneConfig(**kw), args.output_dir)
+    res = run_finetune(FinetuneConfig(**kw), args.output_dir, overwrite=args.overwrite)
     print(
         f"{res['task']} {'pretrained' if res['pretrained'] else 'scratch'}: "
         f"test mIoU {res['test_miou']:.4f}, OA {res['test_oa']:.4f} "

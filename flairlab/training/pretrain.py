@@ -15,9 +15,10 @@ Metric keys: `loss` (the optimised total), `loss_mae`, `loss_<modality>` (MAE), 
 contrastive logs as `contrastive_<key>` (`contrastive_loss`, `contrastive_acc_<a>_<b>`,
 `contrastive_temperature`, CCL-K `contrastive_w_offdiag_mass` = weight mass on other samples…).
 
-Reproducibility: the data order comes from (seed, epoch) and the masking RNG is reseeded from
-(seed, rank, micro-step), so resuming from a checkpoint continues exactly where the run stopped —
-with a deterministic dataset and `num_workers=0` the final weights equal an uninterrupted run's.
+Reproducibility: the data order comes from (seed, epoch), `FlairHubDataset`'s random draws
+(dates, offsets, flips) from (seed, epoch, sample index) and the masking RNG is reseeded from
+(seed, rank, micro-step), so resuming from any checkpoint — mid-epoch included, after a kill -9 —
+continues exactly where the run stopped: the final weights equal an uninterrupted run's.
 """
 
 from __future__ import annotations

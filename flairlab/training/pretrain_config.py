@@ -128,8 +128,13 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
-        data = dict(data or {})
+        data = dict(_mapping("config", data))
         _check_keys("", data, cls)
+        for f in fields(cls):
+            if f.name in ("model", "data", "train"):
+                data[f.name] = _mapping(f.name, data.get(f.name))
+            elif f.name in data:
+                data[f.name] = _scalar(f.name, str(f.type), data[f.name])
         sub = {
             "model": MAEConfig.from_dict(data.pop("model", {}) or {}),
             "data": _sub(DataConfig, "data", data.pop("data", {})),
@@ -148,6 +153,15 @@ class PretrainConfig:
                     "train.contrastive.pairs: modalities absent from model.modalities",
                     expected=list(self.model.modalities), found=missing,
                 )  # fmt: skip
+
+
+def _mapping(name: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DataError(name, expected="a section (mapping of fields)",
+                        found=f"{type(value).__name__} {value!r}"[:80])  # fmt: skip
+    return value
 
 
 def _check_keys(prefix: str, data: dict[str, Any], cls: type) -> None:
@@ -197,15 +211,31 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
             raise DataError("config file not found", path=path) from None
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise DataError(f"not valid YAML{at}: {problem}", path=path) from None
+        if not isinstance(data, dict):
+            raise DataError("config file", path=path, expected="a mapping (key: value lines)",
+                            found=type(data).__name__)  # fmt: skip
     for item in overrides or []:
         key, sep, raw = item.partition("=")
-        if not sep:
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
             raise DataError("--set override", expected="key=value", found=item)
         node = data
-        *parents, leaf = key.strip().split(".")
-        for p in parents:
+        *parents, leaf = parts
+        for i, p in enumerate(parents):
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                raise DataError(f"--set {item}: {'.'.join(parts[: i + 1])} is a value, not a "
+                                "section", expected="a section such as train.epochs",
+                                found=f"{'.'.join(parts[: i + 1])} = {node!r}")  # fmt: skip
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise DataError(f"--set {item}: value is not valid YAML ({err.problem})") from None
     return data
 
 
