@@ -23,7 +23,6 @@ Batch contract (`collate`): `{key: float32 (B, D, C, H, W), f"{key}_dates": int6
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from flairlab.data.catalog import Catalog, load_catalog
 from flairlab.data.errors import DataError
 from flairlab.data.index import index_patches
 from flairlab.data.reader import cosia_target, lpis_target, read_dates, read_raster
+from flairlab.data.store import store_for
 
 # model key (= catalog alias) -> model-side band order, by catalog band name
 MODEL_BANDS: dict[str, list[str]] = {
@@ -121,9 +121,7 @@ def select_dates(
         n_clear = (~cloudy).sum(1)
         bad[n_clear == 0] = False  # no clear acquisition in the bin: fall back to all of them
         xb = np.where(bad, np.nan, xb)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels
-        med = np.nanmedian(xb, axis=1, keepdims=True)
+    med = _nanmedian_bins(xb)
     score = np.abs(xb - med).reshape(D, k, -1).mean(-1)  # NaN = ineligible
     if random_choice:
         rng = rng if rng is not None else np.random.default_rng()
@@ -132,6 +130,16 @@ def select_dates(
     score[none_ok] = 0.0  # NaN data in every acquisition of a bin: keep its first one
     pick = np.nanargmin(score, axis=1)
     return DateSelection(idx[np.arange(D), pick], n_clear, int(offset))
+
+
+def _nanmedian_bins(xb: np.ndarray) -> np.ndarray:
+    """`np.nanmedian(xb, axis=1, keepdims=True)` (bit-identical, NaN where a slice is all NaN)
+    by one sort: NaNs sort last, so the median of the n valid values sits at (n-1)//2 and n//2;
+    ~7x faster than numpy's masked-array path for these small bins."""
+    s = np.sort(xb, axis=1)
+    n = (~np.isnan(xb)).sum(axis=1, keepdims=True)
+    lo = np.take_along_axis(s, (n - 1) // 2, axis=1)
+    return (lo + np.take_along_axis(s, n // 2, axis=1)) / 2
 
 
 def scale_values(x: np.ndarray, key: str, catalog: Catalog | None = None) -> np.ndarray:
@@ -242,9 +250,11 @@ def build_index(root: Path, split: str | None, cat: Catalog) -> pd.DataFrame:
 class FlairHubDataset(Dataset):
     """Torch dataset over FLAIR-HUB patches; items follow the batch contract (module doc).
 
-    root: dataset folder or catalog source name (`"sample"`); split: train/valid/test or None
-    (all patches); image_size / n_dates: per-key overrides of DEFAULT_IMAGE_SIZE / N_DATES
-    (targets are resized with their key, e.g. `{"cosia": 128}`); train: random date choice,
+    root: dataset folder, packed store (path, fsspec URL or `PatchStore` of `flairlab.data.store`:
+    the same arguments give the same tensors) or catalog source name (`"sample"`); split:
+    train/valid/test or None (all patches); image_size / n_dates: per-key overrides of
+    DEFAULT_IMAGE_SIZE / N_DATES (targets are resized with their key, e.g. `{"cosia": 128}`);
+    train: random date choice,
     random bin offset and random dihedral flips; seed: base of the per-item random streams;
     index: an index of `root` already built by the caller (`dataset_index`), so it is not built
     twice.
@@ -265,7 +275,8 @@ class FlairHubDataset(Dataset):
         index: pd.DataFrame | None = None,
     ) -> None:
         self.cat = cat = catalog or load_catalog()
-        self.root = _resolve_root(root, cat)
+        self.store = store_for(root, cat)  # None for a GeoTIFF folder
+        self.root = self.store.url if self.store is not None else _resolve_root(root, cat)
         self.modalities = tuple(modalities)
         self.targets = tuple(targets)
         for key in self.modalities:
@@ -280,7 +291,7 @@ class FlairHubDataset(Dataset):
         self._rng = np.random.default_rng([self.seed, 0])
 
         if index is None:  # a caller that already indexed `root` passes its index
-            index = build_index(self.root, split, cat)
+            index = self.store.index(split) if self.store else build_index(self.root, split, cat)
         if patch_ids is not None:
             missing = sorted(set(patch_ids) - set(index.index))
             if missing:
@@ -305,12 +316,19 @@ class FlairHubDataset(Dataset):
                     expected="a file per patch",
                     found=f"none for {lacking[0]}",
                 )
+        if self.store is not None:  # read a patch's arrays in one round trip, at served sizes
+            self.store.prefetch.names = tuple(needed)
+            self.store.check_sizes({k: self.image_size[k] for k in self.modalities})
+            self.store.check_sizes({TARGETS[t][0]: self.image_size[t] for t in self.targets})
         self.index = index
         self.patch_ids: list[str] = list(index.index)
         self.rois = [f"{d}_{r}" for d, r in zip(index["domain"], index["roi"], strict=True)]
         self._bands = {k: band_indices(k, cat) for k in self.modalities}
         date_keys = {REF_MODALITY, *self.modalities}  # the DEM's date file is the aerial one
-        self._dates = {k: read_dates(self.root, cat.modality(k).name) for k in date_keys}
+        self._dates = {
+            k: self.store.dates(k) if self.store else read_dates(self.root, cat.modality(k).name)
+            for k in date_keys
+        }
         for k, table in self._dates.items():
             known = set(table)
             lacking = [p for p in self.patch_ids if p not in known]
@@ -339,6 +357,16 @@ class FlairHubDataset(Dataset):
 
     def _read(self, key: str, pid: str) -> np.ndarray:
         name = self.cat.modality(key).name
+        if self.store is not None:
+            return self.store.read(name, pid)
+        return read_raster(self.index.at[pid, name], name)
+
+    def raw(self, key: str, pid: str) -> np.ndarray:
+        """One modality of one patch as stored (file band order, native dtype): (C, H, W) or
+        (T, C, H, W), from its GeoTIFF or the packed store (one array, no prefetch)."""
+        name = self.cat.modality(key).name
+        if self.store is not None:
+            return self.store.read_patch(pid, (name,))[name]
         return read_raster(self.index.at[pid, name], name)
 
     def _series(self, key: str, pid: str, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
@@ -368,15 +396,17 @@ class FlairHubDataset(Dataset):
         item: dict = {"patch_id": pid, "roi": self.rois[i], "ref_date": torch.from_numpy(ref)}
         for key in self.modalities:
             x, dates = self._series(key, pid, rng)
-            x = resize_nearest(x[:, self._bands[key]], self.image_size[key])  # commutes with
-            x = dihedral(scale_values(x, key, self.cat), *flips)  # the pointwise scaling
+            x = resize_nearest(x[:, self._bands[key]], self.image_size[key])  # resize and flips
+            x = scale_values(dihedral(x, *flips), key, self.cat)  # commute with the pointwise
+            # scaling; flipping the stored dtype first moves 4x fewer bytes than float32 would
             item[key] = torch.from_numpy(x)
             item[f"{key}_dates"] = torch.from_numpy(dates_to_ydh(dates))
         for t in self.targets:
             alias = TARGETS[t][0]
             arr = self._read(alias, pid)
             y = label_target(arr, t, self.index.at[pid, self.cat.modality(alias).name])
-            item[t] = torch.from_numpy(dihedral(resize_nearest(y, self.image_size[t]), *flips))
+            y = resize_nearest(y.astype(np.uint8), self.image_size[t])  # ids are 0..255
+            item[t] = torch.from_numpy(dihedral(y, *flips).astype(np.int64))
         return item
 
 

@@ -42,7 +42,6 @@ from flairlab.data.dataset import (
     label_target,
 )
 from flairlab.data.errors import DataError
-from flairlab.data.reader import read_raster
 from flairlab.data.results import save_results
 from flairlab.models.heads import SegmentationHead
 from flairlab.models.segmodel import (
@@ -69,8 +68,7 @@ def class_presence(ds: FlairHubDataset, target: str) -> np.ndarray:
     n = n_classes_of(target)
     out = np.zeros((len(ds), n), bool)
     for i, pid in enumerate(ds.patch_ids):
-        path = ds.index.at[pid, name]
-        y = label_target(read_raster(path, name), target, path)
+        y = label_target(ds.raw(alias, pid), target, ds.index.at[pid, name])
         ids = np.unique(y)
         out[i, ids[ids != IGNORE_INDEX]] = True
     return out
@@ -268,11 +266,9 @@ def run_finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
         "image_size": {**{k: mc.modalities[k].image_size for k in mods}, task: label_size},
         "n_dates": {k: mc.modalities[k].n_dates for k in mods},
     }
-    root = cfg.root or cfg.source
-    if not cfg.root and cfg.source == "sample":  # the embedded sample is made on first use
-        from flairlab.data.sample import ensure_sample
+    from flairlab.data.sources import ensure_source
 
-        root = ensure_sample()
+    root = cfg.root or ensure_source(cfg.source)  # a generated source is made on first use
     ds_args = dict(modalities=tuple(mods), targets=(task,), seed=cfg.seed, **geometry)
     full_train = FlairHubDataset(root, cfg.train_split, train=True, **ds_args)
     presence = class_presence(full_train, task)

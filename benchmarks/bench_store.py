@@ -1,0 +1,162 @@
+"""Packed store vs GeoTIFFs: FlairHubDataset samples/s, pack throughput, size, and GPU feeding.
+
+One run, one thread, the same items for every reader, interleaved item by item so that all see
+the same machine load; prints patches/s and ratios to the bare-rasterio floor (open + read of the
+files an item needs) and to the GeoTIFF dataset. Geometries:
+
+* cpu  — configs/pretrain_cpu.yaml: aerial/DEM 128 px, S2 4 dates, S1 2 + 2, COSIA 128 px;
+* full — MAESTRO FLAIR-HUB: aerial/DEM/COSIA 512 px, S2 16 dates, S1 4 + 4.
+
+Readers: the GeoTIFF folder, a full-resolution store, and (cpu only) a store resampled at pack
+time to 128 px. Goals (issue 14): store >= 10x the GeoTIFF path for cpu, >= 5x for full.
+Then the patches/s one core feeds is compared with what one GPU consumes for the tiny and base
+MAE at full geometry, from FLOPs counted by torch's FlopCounterMode on one training step.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_store.py [--n 24] [--passes 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import rasterio
+import torch
+
+from flairlab.data.catalog import load_catalog
+from flairlab.data.dataset import MODEL_BANDS, FlairHubDataset
+from flairlab.data.pack import pack
+
+CPU = dict(
+    image_size={"aerial": 128, "dem": 128, "cosia": 128},
+    n_dates={"s2": 4, "s1_asc": 2, "s1_desc": 2},
+)
+FULL: dict = dict(image_size={}, n_dates={})
+CPU_RESAMPLE = {"aerial": 128, "dem": 128, "cosia": 128}
+# sustained dense bf16 throughput assumed for one GPU (peak x ~40 % model-FLOP utilisation)
+GPUS = {"A100": 312e12 * 0.4, "H100": 989e12 * 0.4}
+
+
+def tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and ".zarr" not in str(p))
+
+
+def time_readers(readers: dict, n: int, passes: int) -> dict[str, float]:
+    """Seconds per item of each reader (sum over passes), interleaved item by item."""
+    spent = dict.fromkeys(readers, 0.0)
+    for fn in readers.values():  # warm-up: date tables, zarr metadata, OS cache
+        fn(0)
+    for _ in range(passes):
+        for i in range(n):
+            for label, fn in readers.items():
+                t = time.perf_counter()
+                fn(i)
+                spent[label] += time.perf_counter() - t
+    return {k: v / (n * passes) for k, v in spent.items()}
+
+
+def bare_floor(ds: FlairHubDataset):
+    cat = ds.cat
+    cols = [cat.modality(k).name for k in ds.modalities] + ["SENTINEL2_MSK-SC"]
+    cols += [cat.modality(t).name for t in ds.targets]
+
+    def read(i: int) -> None:
+        for c in cols:
+            with rasterio.open(ds.index.at[ds.patch_ids[i], c]) as src:
+                src.read()
+
+    return read
+
+
+def train_step_flops(size: str) -> float:
+    """FLOPs of one MAE training step (forward + backward) on one full-geometry sample."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from flairlab.models.mae import MAE
+    from flairlab.models.mae_config import MAEConfig
+
+    cfg = MAEConfig(size=size)
+    model = MAE(cfg)
+    batch = {}
+    for key, m in cfg.modalities.items():
+        c = len(MODEL_BANDS[key])
+        batch[key] = torch.rand(1, m.n_dates, c, m.image_size, m.image_size)
+        batch[f"{key}_dates"] = torch.tensor([[[2021, 100 + 20 * d, 10] for d in range(m.n_dates)]])
+    batch["ref_date"] = torch.tensor([[[2021, 150, 10]]])
+    with FlopCounterMode(display=False) as counter:
+        out = model(batch)
+        out.loss.backward()
+    return float(counter.get_total_flops())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", default="", help="FLAIR-HUB folder (default: a fresh sample)")
+    ap.add_argument("--n", type=int, default=24, help="patches of the generated sample")
+    ap.add_argument("--passes", type=int, default=3, help="passes over the items")
+    ap.add_argument("--pack-workers", type=int, default=2, help="processes for the timed pack")
+    ap.add_argument("--no-flops", action="store_true", help="skip the GPU feeding estimate")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    try:
+        import numcodecs.blosc
+
+        numcodecs.blosc.use_threads = False
+    except ImportError:
+        pass
+    tmp = Path(tempfile.mkdtemp(prefix="bench-store-"))
+    root = Path(args.root) if args.root else tmp / "sample"
+    if not args.root:
+        from flairlab.data.sample import make_sample
+
+        make_sample(root, n_patches=args.n, seed=0, progress=False)
+    cat = load_catalog()
+
+    print(f"source: {root}  ({tree_bytes(root) / 1e6:.1f} MB GeoTIFF tree incl. metadata)")
+    stores = {}
+    for label, kw in [("full", {}), ("cpu128", {"resample": CPU_RESAMPLE})]:
+        for workers in (0, args.pack_workers):
+            out = tmp / f"{label}-{workers}.zarr"
+            rep = pack(root, out, workers=workers, progress=False, catalog=cat, **kw)
+            print(f"pack {label:6s} workers={workers}: {rep.packed / rep.seconds:5.1f} patches/s "
+                  f"end to end ({rep.seconds:.1f} s), store {rep.store_bytes / 1e6:.1f} MB = "
+                  f"{rep.store_bytes / rep.source_bytes:.2f}x its {rep.source_bytes / 1e6:.1f} MB "
+                  "of source files")  # fmt: skip
+            stores[label] = out
+    zstd = pack(root, tmp / "zstd.zarr", workers=0, codec="zstd", progress=False, catalog=cat)
+    print(f"pack codec=zstd: store {zstd.store_bytes / 1e6:.1f} MB = "
+          f"{zstd.store_bytes / zstd.source_bytes:.2f}x the source files")  # fmt: skip
+
+    rates = {}
+    for geom, kw in [("cpu", CPU), ("full", FULL)]:
+        common = dict(split=None, targets=("cosia",), train=True, seed=0, catalog=cat, **kw)
+        tif = FlairHubDataset(root, **common)
+        readers = {"rasterio floor": bare_floor(tif), "GeoTIFF dataset": tif.__getitem__}
+        readers["store dataset"] = FlairHubDataset(stores["full"], **common).__getitem__
+        if geom == "cpu":
+            readers["store, 128 px"] = FlairHubDataset(stores["cpu128"], **common).__getitem__
+        per_item = time_readers(readers, len(tif), args.passes)
+        floor, geo = per_item["rasterio floor"], per_item["GeoTIFF dataset"]
+        print(f"\n{geom} geometry, {len(tif)} patches x {args.passes} passes, 1 thread")
+        print(f"  {'reader':18s} {'patches/s':>10s} {'÷ floor':>8s} {'÷ GeoTIFF':>10s}")
+        for label, s in per_item.items():
+            print(f"  {label:18s} {1 / s:10.1f} {floor / s:8.2f} {geo / s:10.2f}")
+        rates[geom] = {k: 1 / v for k, v in per_item.items()}
+
+    if not args.no_flops:
+        feed = rates["full"]["store dataset"]
+        print(f"\none core feeds {feed:.0f} samples/s at full geometry (store)")
+        for size in ("tiny", "base"):
+            flops = train_step_flops(size)
+            need = {g: tput / flops for g, tput in GPUS.items()}
+            print(f"  MAE {size:5s}: {flops / 1e9:7.1f} GFLOP per sample per training step; one "
+                  + ", ".join(f"{g} eats ~{v:.0f} samples/s = {v / feed:.1f} cores"
+                              for g, v in need.items()))  # fmt: skip
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
