@@ -1,8 +1,8 @@
 """`flairlab sample OUT`: write the embedded synthetic FLAIR-HUB sample in the exact on-disk format.
 
 The patch ids and splits are the official toy dataset's (split CSVs © IGN, Licence Ouverte 2.0,
-shipped in `flairlab/resources/toy_splits/`); the pixels come from `flairlab.data.synthetic`. Layout,
-names, dtypes and metadata follow `flairhub-format.md` §2-§6 and the recipe of §13:
+shipped in `flairlab/resources/toy_splits/`); the pixels come from `flairlab.data.synthetic`.
+Layout, names, dtypes and metadata follow `flairhub-format.md` §2-§6 and the recipe of §13:
 
     OUT/<DOMAIN>_<MOD>/<ROI>/<DOMAIN>_<MOD>_<ROI>_<R>-<C>.tif   (historical: <CODE>-195X_...)
     OUT/GLOBAL_ALL_MTD/GLOBAL_*_MTD_DATES.gpkg, GLOBAL_ALL_MTD_SPLIT.gpkg

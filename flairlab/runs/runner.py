@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from flairlab.data.errors import DataError
+from flairlab.data.results import write_json_atomic
 from flairlab.runs.notebooks import read_notebook, slowest_cells
 from flairlab.runs.pipeline import (
     Pipeline,
@@ -54,7 +55,6 @@ from flairlab.runs.provenance import (
     source_roots,
     utc_iso,
 )
-from flairlab.data.results import write_json_atomic
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -378,8 +378,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m flairlab.runs.runner PIPELINE.yaml ...`: same as `flairlab run`, importing only the
-    runner (the kernels import torch; the runner process itself stays ~150 MB)."""
+    """`python -m flairlab.runs.runner PIPELINE.yaml ...`: same as `flairlab run`, importing only
+    the runner (the kernels import torch; the runner process itself stays ~150 MB)."""
     parser = argparse.ArgumentParser(prog="python -m flairlab.runs.runner")
     add_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["run", *(sys.argv[1:] if argv is None else argv)])
