@@ -41,7 +41,7 @@ n_show: int = 3  # test patches shown next to their ground truth
 seed: int = 0  # weights, data order, augmentation and label subset
 device: str = "auto"  # auto, cpu or cuda
 output_dir: str = "outputs/04_finetune"  # results.json, figures/, finetuned.safetensors
-source: str = "sample"  # catalog source name (or a dataset folder)
+source: str = "sample"  # catalog source name (e.g. sample_store), dataset folder or packed store
 
 
 # %%
