@@ -12,7 +12,7 @@ from pathlib import Path
 
 from flairlab.data.catalog import Catalog, load_catalog
 from flairlab.data.errors import DataError
-from flairlab.data.store import open_store
+from flairlab.data.store import looks_like_store, open_store
 
 
 def ensure_source(source: str | Path, catalog: Catalog | None = None) -> str | Path:
@@ -35,14 +35,17 @@ def ensure_packed_source(name: str, catalog: Catalog | None = None) -> str:
     location = cat.source_url(name)
     if src.packed_from is None:
         raise DataError(f"source {name} has no packed_from", path=cat.path)
-    try:
-        open_store(location, cat, verify="auto")
-        return location
-    except DataError as err:
-        reason = str(err).splitlines()[0][:160]
+    if not looks_like_store(location):
+        reason = "not packed yet"
+    else:
+        try:
+            open_store(location, cat, verify="auto")
+            return location
+        except DataError as err:  # unfinished or stale
+            reason = str(err).splitlines()[0][:200]
     from flairlab.data.pack import pack
 
     root = ensure_source(src.packed_from, cat)
-    print(f"flairlab: packing source {name!r} from {root} ({reason})")
+    print(f"flairlab: packing source {name!r} from {root} into {location} ({reason})")
     pack(root, location, resample=dict(src.resample) or None, overwrite=True, catalog=cat)
     return location
