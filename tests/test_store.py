@@ -83,6 +83,8 @@ def test_store_equals_geotiffs_for_every_modality_and_label(tree: Path, tree_sto
             want = read_raster(path, name)
             got = store.read(name, pid)
             assert got.dtype == want.dtype and np.array_equal(got, want), (pid, name)
+            via_zarr = np.asarray(store.array(name)[store.patch_ids.index(pid)])[: len(got)]
+            assert np.array_equal(via_zarr, got)  # the direct chunk decoder agrees with zarr
             with rasterio.open(path) as src:
                 assert store.geo(name, pid) == (tuple(src.transform)[:6], src.crs.to_string())
             if CAT.modality(name).dates is not None:
@@ -230,6 +232,29 @@ def test_damaged_or_missing_chunk_names_patch_and_modality(tree: Path, tmp_path:
     with pytest.raises(DataError, match=rf"DEM_ELEV of patch {pid}.*missing"):
         ds[i]
     ds[1]  # the other patches still read
+
+
+def test_other_codec_chains_are_read_through_zarr(tree: Path, tmp_path: Path, monkeypatch):
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    import flairlab.data.pack as packmod
+
+    monkeypatch.setattr(packmod, "_codecs", lambda codec: [ZstdCodec(level=1), Crc32cCodec()])
+    out = tmp_path / "z.zarr"
+    pack(tree, out, modalities=("dem", "s1_asc"), workers=0, progress=False)
+    store = open_store(out)
+    assert store._decoder("DEM_ELEV") is None  # not a chain `pack` writes: zarr decodes it
+    index = dataset_index(tree)
+    for pid in store.patch_ids:
+        for name in ("DEM_ELEV", "SENTINEL1-ASC_TS"):
+            assert np.array_equal(store.read(name, pid), read_raster(index.at[pid, name], name))
+    chunk = out / "DEM_ELEV" / "c" / "1" / "0" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:50])
+    with pytest.raises(DataError, match=rf"DEM_ELEV of patch {store.patch_ids[1]}"):
+        store.read("DEM_ELEV", store.patch_ids[1])
+    chunk.unlink()
+    with pytest.raises(DataError, match="missing"):
+        store.read("DEM_ELEV", store.patch_ids[1])
 
 
 def test_pack_refuses_foreign_folders_and_other_layouts(tree: Path, tmp_path: Path):

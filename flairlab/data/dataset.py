@@ -147,14 +147,19 @@ def scale_values(x: np.ndarray, key: str, catalog: Catalog | None = None) -> np.
     The DEM additionally becomes [DSM, 30·(DSM − DTM)] after /1000 (§2.2). float32 out."""
     cat = catalog or load_catalog()
     sc = cat.modality(key).scaling
-    x = x.astype(np.float32, copy=True)
-    if sc is not None:
-        if sc.log:
+    # integers divided by a non-zero constant stay finite: no NaN/inf pass over the array
+    finite = x.dtype.kind in "iu" and key != "dem" and (sc is None or (not sc.log and sc.divide_by))
+    if sc is not None and not sc.log:  # cast and divide in one float32 pass (a new array)
+        x = np.divide(x, np.float32(sc.divide_by), dtype=np.float32)
+    else:
+        x = x.astype(np.float32, copy=True)
+        if sc is not None:
             x = np.log(np.maximum(x, np.float32(sc.log_floor)))
-        x /= np.float32(sc.divide_by)
-    if key == "dem":
-        x[..., 1, :, :] = 30.0 * (x[..., 0, :, :] - x[..., 1, :, :])
-    if not np.isfinite(x).all():
+            x /= np.float32(sc.divide_by)
+    if key == "dem":  # in place: 30·(DSM − DTM) into the DTM channel
+        np.subtract(x[..., 0, :, :], x[..., 1, :, :], out=x[..., 1, :, :])
+        x[..., 1, :, :] *= np.float32(30.0)
+    if not finite and not np.isfinite(x).all():
         np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     return x
 

@@ -143,10 +143,10 @@ def chunk_decoder(array: Any) -> Any:
     dtype, shape, blosc = dtype.newbyteorder("<"), tuple(array.chunks), chain[1] == "blosc"
 
     def decode(data: bytes) -> np.ndarray:
-        body = data[:-4]
+        body = np.frombuffer(data, np.uint8)[:-4]  # a view: no copy of the chunk
         if google_crc32c.value(body) != int.from_bytes(data[-4:], "little"):
             raise ValueError(f"checksum mismatch over {len(data)} bytes (truncated or corrupted)")
-        raw = numcodecs.blosc.decompress(body) if blosc else body
+        raw = numcodecs.blosc.decompress(data) if blosc else body  # blosc reads its own length
         return np.frombuffer(raw, dtype).reshape(shape)
 
     return decode
