@@ -10,7 +10,7 @@ files an item needs) and to the GeoTIFF dataset. Geometries:
 Readers: the GeoTIFF folder, a full-resolution store, and (cpu only) a store resampled at pack
 time to 128 px. Goals (issue 14): store >= 10x the GeoTIFF path for cpu, >= 5x for full.
 Then the patches/s one core feeds is compared with what one GPU consumes for the tiny and base
-MAE at full geometry, from FLOPs counted by torch's FlopCounterMode on one training step.
+MAE at full geometry, from the FLOPs of one training step (`flairlab.models.flops`) at 40 % MFU.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_store.py [--n 24] [--passes 3]
 """
@@ -29,7 +29,7 @@ import rasterio
 import torch
 
 from flairlab.data.catalog import load_catalog
-from flairlab.data.dataset import MODEL_BANDS, FlairHubDataset
+from flairlab.data.dataset import FlairHubDataset
 from flairlab.data.pack import pack
 
 CPU = dict(
@@ -38,8 +38,8 @@ CPU = dict(
 )
 FULL: dict = dict(image_size={}, n_dates={})
 CPU_RESAMPLE = {"aerial": 128, "dem": 128, "cosia": 128}
-# sustained dense bf16 throughput assumed for one GPU (peak x ~40 % model-FLOP utilisation)
-GPUS = {"A100": 312e12 * 0.4, "H100": 989e12 * 0.4}
+GPUS = ("NVIDIA A100-SXM4-80GB", "NVIDIA H100 80GB HBM3")
+MFU = 0.4  # sustained model-FLOP utilisation assumed for bf16 training (a good run: 35-50 %)
 
 
 def tree_bytes(root: Path) -> int:
@@ -74,24 +74,12 @@ def bare_floor(ds: FlairHubDataset):
 
 
 def train_step_flops(size: str) -> float:
-    """FLOPs of one MAE training step (forward + backward) on one full-geometry sample."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from flairlab.models.mae import MAE
+    """FLOPs of one MAE pre-training step on one full-geometry sample (forward + backward,
+    matrix products only: `flairlab.models.flops`, equal to torch's FlopCounterMode)."""
+    from flairlab.models.flops import pretrain_flops
     from flairlab.models.mae_config import MAEConfig
 
-    cfg = MAEConfig(size=size)
-    model = MAE(cfg)
-    batch = {}
-    for key, m in cfg.modalities.items():
-        c = len(MODEL_BANDS[key])
-        batch[key] = torch.rand(1, m.n_dates, c, m.image_size, m.image_size)
-        batch[f"{key}_dates"] = torch.tensor([[[2021, 100 + 20 * d, 10] for d in range(m.n_dates)]])
-    batch["ref_date"] = torch.tensor([[[2021, 150, 10]]])
-    with FlopCounterMode(display=False) as counter:
-        out = model(batch)
-        out.loss.backward()
-    return float(counter.get_total_flops())
+    return pretrain_flops(MAEConfig(size=size)).per_sample
 
 
 def main() -> None:
@@ -155,14 +143,20 @@ def main() -> None:
         rates[geom] = {k: 1 / v for k, v in per_item.items()}
 
     if not args.no_flops:
-        feed = rates["full"]["store dataset"]
-        print(f"\none core feeds {feed:.0f} samples/s at full geometry (store)")
+        from flairlab.models.flops import peak_bf16_flops
+
+        store, tif = rates["full"]["store dataset"], rates["full"]["GeoTIFF dataset"]
+        print(
+            f"\nfeeding one GPU, full geometry: one core reads {store:.0f} samples/s from the "
+            f"store, {tif:.0f} from GeoTIFFs; a GPU at {MFU:.0%} MFU of its bf16 peak eats"
+        )
         for size in ("tiny", "base"):
             flops = train_step_flops(size)
-            need = {g: tput / flops for g, tput in GPUS.items()}
-            print(f"  MAE {size:5s}: {flops / 1e9:7.1f} GFLOP per sample per training step; one "
-                  + ", ".join(f"{g} eats ~{v:.0f} samples/s = {v / feed:.1f} cores"
-                              for g, v in need.items()))  # fmt: skip
+            for gpu in GPUS:
+                eats = peak_bf16_flops(gpu) * MFU / flops
+                print(f"  MAE {size:4s} {flops / 1e9:6.1f} GFLOP/sample/step, {gpu.split()[1]}: "
+                      f"{eats:6.0f} samples/s = {eats / store:5.1f} cores from the store, "
+                      f"{eats / tif:5.1f} from GeoTIFFs")  # fmt: skip
     shutil.rmtree(tmp, ignore_errors=True)
 
 
