@@ -2,7 +2,6 @@
 
 Time series are stored date-major: 1-based band `t*C + c + 1` holds channel c of date t, so a
 `(T*C, H, W)` file reshapes to `(T, C, H, W)` by consecutive chunks of C (spec §4.6).
-rasterio is imported when a file is read, so the label helpers import without the GDAL stack.
 """
 
 from __future__ import annotations
@@ -130,7 +129,7 @@ def read_raster(path: str | Path, modality: str, catalog: Catalog | None = None)
 
     Any numeric dtype is accepted (spec B17); the band count is validated against the catalog.
     """
-    import rasterio
+    import rasterio  # the GDAL stack loads only when a raster is read (models/training need none)
 
     mod = (catalog or load_catalog()).modality(modality)
     try:
