@@ -38,7 +38,7 @@ CPU = dict(
 )
 FULL: dict = dict(image_size={}, n_dates={})
 CPU_RESAMPLE = {"aerial": 128, "dem": 128, "cosia": 128}
-GPUS = ("NVIDIA A100-SXM4-80GB", "NVIDIA H100 80GB HBM3")
+GPUS = {"A100": "NVIDIA A100-SXM4-80GB", "H100": "NVIDIA H100 80GB HBM3"}  # for the peak table
 MFU = 0.4  # sustained model-FLOP utilisation assumed for bf16 training (a good run: 35-50 %)
 
 
@@ -152,9 +152,9 @@ def main() -> None:
         )
         for size in ("tiny", "base"):
             flops = train_step_flops(size)
-            for gpu in GPUS:
-                eats = peak_bf16_flops(gpu) * MFU / flops
-                print(f"  MAE {size:4s} {flops / 1e9:6.1f} GFLOP/sample/step, {gpu.split()[1]}: "
+            for gpu, device_name in GPUS.items():
+                eats = peak_bf16_flops(device_name) * MFU / flops
+                print(f"  MAE {size:4s} {flops / 1e9:6.1f} GFLOP/sample/step, {gpu}: "
                       f"{eats:6.0f} samples/s = {eats / store:5.1f} cores from the store, "
                       f"{eats / tif:5.1f} from GeoTIFFs")  # fmt: skip
     shutil.rmtree(tmp, ignore_errors=True)
