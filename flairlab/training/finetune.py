@@ -266,9 +266,11 @@ def run_finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
         "image_size": {**{k: mc.modalities[k].image_size for k in mods}, task: label_size},
         "n_dates": {k: mc.modalities[k].n_dates for k in mods},
     }
-    from flairlab.data.sources import ensure_source
+    root = cfg.root or cfg.source
+    if not cfg.root:  # a generated source (the sample, its store) is made on first use
+        from flairlab.data.sources import ensure_source
 
-    root = cfg.root or ensure_source(cfg.source)  # a generated source is made on first use
+        root = ensure_source(cfg.source)
     ds_args = dict(modalities=tuple(mods), targets=(task,), seed=cfg.seed, **geometry)
     full_train = FlairHubDataset(root, cfg.train_split, train=True, **ds_args)
     presence = class_presence(full_train, task)

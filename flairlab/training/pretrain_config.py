@@ -208,10 +208,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def build_dataset(cfg: PretrainConfig, split: str | None = None, train: bool = True) -> Dataset:
     """FlairHubDataset for the model's modalities and geometry (pre-training needs no labels)."""
+    from flairlab.data.catalog import load_catalog
     from flairlab.data.dataset import FlairHubDataset
-    from flairlab.data.sources import ensure_source
 
-    root = ensure_source(cfg.data.source)  # a generated source (sample, its store) on first use
+    cat = load_catalog()
+    root = cat.source_root(cfg.data.source) if cfg.data.source in cat.sources else cfg.data.source
+    if cfg.data.source in cat.sources:  # a source name: the dataset resolves it, and a generated
+        from flairlab.data.sources import ensure_source  # one (the sample, its store) is made
+
+        root = ensure_source(cfg.data.source, cat)
     mods = cfg.model.modalities
     ds = FlairHubDataset(
         root,
