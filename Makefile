@@ -28,7 +28,7 @@ test: $(STAMP) browser lint
 	$(BIN)/python -m pytest
 
 # -- the one-command demo and JupyterLab ---------------------------------------------------------
-# `make demo`: venv (install), the sample if missing, then the notebooks 00 -> 06 into runs/.
+# `make demo`: venv (install), the sample (and its packed store) if missing, then notebooks 00 -> 06.
 # Same as `flairlab run pipelines/demo.yaml`; `python -m flairlab.runs.runner` only imports the runner
 # (~150 MB instead of ~450 MB for the whole CLI), which matters for the 2 GB demo budget.
 RUNS     ?= runs
@@ -37,6 +37,7 @@ PIPELINE ?= pipelines/demo.yaml
 
 sample: $(STAMP)
 	$(BIN)/python -c "from flairlab.data.sample import ensure_sample; print('sample:', ensure_sample())"
+	$(BIN)/python -c "from flairlab.data.sources import ensure_source; print('store:', ensure_source('sample_store'))"
 
 demo: sample
 	$(BIN)/python -m flairlab.runs.runner $(PIPELINE) --runs-dir $(RUNS)

@@ -18,6 +18,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("flairlab.data.sample", "write the synthetic FLAIR-HUB sample (exact format)"),
     "check": ("flairlab.data.check", "validate a FLAIR-HUB folder (exit 1 on any problem)"),
+    "pack": ("flairlab.data.pack", "pack a FLAIR-HUB folder into a training store (Zarr v3)"),
     "stats": ("flairlab.explore.bandgroups", "band statistics, correlations, band groups"),
     "pretrain": ("flairlab.training.pretrain", "pre-train the MAESTRO masked autoencoder"),
     "finetune": ("flairlab.training.finetune", "probe / fine-tune / from scratch, then evaluate"),

@@ -57,7 +57,7 @@ seed: int = 0  # weights, data order, augmentation and label subset
 device: str = "auto"  # auto, cpu or cuda
 output_dir: str = "outputs/04_finetune"  # results.json, figures/, finetuned.safetensors
 overwrite: bool = False  # write into a non-empty output_dir (an earlier run's files are replaced)
-source: str = "sample"  # catalog source name (or a dataset folder)
+source: str = "sample"  # catalog source name (e.g. sample_store), dataset folder or packed store
 
 
 # %%

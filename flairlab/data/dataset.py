@@ -48,7 +48,9 @@ from flairlab.data.reader import (
     lpis_target,
     read_checked,
     read_dates,
+    read_raster,
 )
+from flairlab.data.store import store_for
 
 # model key (= catalog alias) -> model-side band order, by catalog band name
 MODEL_BANDS: dict[str, list[str]] = {
@@ -134,9 +136,7 @@ def select_dates(
         n_clear = (~cloudy).sum(1)
         bad[n_clear == 0] = False  # no clear acquisition in the bin: fall back to all of them
         xb = np.where(bad, np.nan, xb)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels
-        med = np.nanmedian(xb, axis=1, keepdims=True)
+    med = _nanmedian_bins(xb)
     score = np.abs(xb - med).reshape(D, k, -1).mean(-1)  # NaN = ineligible
     if random_choice:
         rng = rng if rng is not None else np.random.default_rng()
@@ -147,19 +147,34 @@ def select_dates(
     return DateSelection(idx[np.arange(D), pick], n_clear, int(offset))
 
 
+def _nanmedian_bins(xb: np.ndarray) -> np.ndarray:
+    """`np.nanmedian(xb, axis=1, keepdims=True)` (bit-identical, NaN where a slice is all NaN)
+    by one sort: NaNs sort last, so the median of the n valid values sits at (n-1)//2 and n//2;
+    ~7x faster than numpy's masked-array path for these small bins."""
+    s = np.sort(xb, axis=1)
+    n = (~np.isnan(xb)).sum(axis=1, keepdims=True)
+    lo = np.take_along_axis(s, (n - 1) // 2, axis=1)
+    return (lo + np.take_along_axis(s, n // 2, axis=1)) / 2
+
+
 def scale_values(x: np.ndarray, key: str, catalog: Catalog | None = None) -> np.ndarray:
     """Model-side scaling from the catalog: optional ln(max(x, log_floor)), then / divide_by.
     The DEM additionally becomes [DSM, 30·(DSM − DTM)] after /1000 (§2.2). float32 out."""
     cat = catalog or load_catalog()
     sc = cat.modality(key).scaling
-    x = x.astype(np.float32, copy=True)
-    if sc is not None:
-        if sc.log:
+    # integers divided by a non-zero constant stay finite: no NaN/inf pass over the array
+    finite = x.dtype.kind in "iu" and key != "dem" and (sc is None or (not sc.log and sc.divide_by))
+    if sc is not None and not sc.log:  # cast and divide in one float32 pass (a new array)
+        x = np.divide(x, np.float32(sc.divide_by), dtype=np.float32)
+    else:
+        x = x.astype(np.float32, copy=True)
+        if sc is not None:
             x = np.log(np.maximum(x, np.float32(sc.log_floor)))
-        x /= np.float32(sc.divide_by)
-    if key == "dem":
-        x[..., 1, :, :] = 30.0 * (x[..., 0, :, :] - x[..., 1, :, :])
-    if not np.isfinite(x).all():
+            x /= np.float32(sc.divide_by)
+    if key == "dem":  # in place: 30·(DSM − DTM) into the DTM channel
+        np.subtract(x[..., 0, :, :], x[..., 1, :, :], out=x[..., 1, :, :])
+        x[..., 1, :, :] *= np.float32(30.0)
+    if not finite and not np.isfinite(x).all():
         np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     return x
 
@@ -270,9 +285,11 @@ def build_index(root: Path, split: str | None, cat: Catalog) -> pd.DataFrame:
 class FlairHubDataset(Dataset):
     """Torch dataset over FLAIR-HUB patches; items follow the batch contract (module doc).
 
-    root: dataset folder or catalog source name (`"sample"`); split: train/valid/test or None
-    (all patches); image_size / n_dates: per-key overrides of DEFAULT_IMAGE_SIZE / N_DATES
-    (targets are resized with their key, e.g. `{"cosia": 128}`); train: random date choice,
+    root: dataset folder, packed store (path, fsspec URL or `PatchStore` of `flairlab.data.store`:
+    the same arguments give the same tensors) or catalog source name (`"sample"`); split:
+    train/valid/test or None (all patches); image_size / n_dates: per-key overrides of
+    DEFAULT_IMAGE_SIZE / N_DATES (targets are resized with their key, e.g. `{"cosia": 128}`);
+    train: random date choice,
     random bin offset and random dihedral flips; seed: base of the per-item random streams;
     index: an index of `root` already built by the caller (`dataset_index`), so it is not built
     twice.
@@ -293,13 +310,14 @@ class FlairHubDataset(Dataset):
         index: pd.DataFrame | None = None,
     ) -> None:
         self.cat = cat = catalog or load_catalog()
-        self.root = _resolve_root(root, cat)
+        self.store = store_for(root, cat)  # None for a GeoTIFF folder
+        self.root = self.store.url if self.store is not None else _resolve_root(root, cat)
         set_geometry(self, modalities, targets, image_size, n_dates, train, seed)
         self.nonfinite: dict[str, int] = {}  # file -> NaN / inf values read (this process)
         self._infos: dict[str, RasterInfo] = {}  # files of the item being read
 
         if index is None:  # a caller that already indexed `root` passes its index
-            index = build_index(self.root, split, cat)
+            index = self.store.index(split) if self.store else build_index(self.root, split, cat)
         if patch_ids is not None:
             missing = sorted(set(patch_ids) - set(index.index))
             if missing:
@@ -324,12 +342,19 @@ class FlairHubDataset(Dataset):
                     expected="a file per patch",
                     found=f"none for {lacking[0]}",
                 )
+        if self.store is not None:  # read a patch's arrays in one round trip, at served sizes
+            self.store.prefetch.names = tuple(needed)
+            self.store.check_sizes({k: self.image_size[k] for k in self.modalities})
+            self.store.check_sizes({TARGETS[t][0]: self.image_size[t] for t in self.targets})
         self.index = index
         self.patch_ids: list[str] = list(index.index)
         self.rois = [f"{d}_{r}" for d, r in zip(index["domain"], index["roi"], strict=True)]
         self._bands = {k: band_indices(k, cat) for k in self.modalities}
         date_keys = {REF_MODALITY, *self.modalities}  # the DEM's date file is the aerial one
-        self._dates = {k: read_dates(self.root, cat.modality(k).name) for k in date_keys}
+        self._dates = {
+            k: self.store.dates(k) if self.store else read_dates(self.root, cat.modality(k).name)
+            for k in date_keys
+        }
         for k, table in self._dates.items():
             known = set(table)
             lacking = [p for p in self.patch_ids if p not in known]
@@ -356,6 +381,8 @@ class FlairHubDataset(Dataset):
 
     def _read(self, key: str, pid: str) -> np.ndarray:
         name = self.cat.modality(key).name
+        if self.store is not None:  # validated when packed (flairlab.data.pack)
+            return self.store.read(name, pid)
         arr, info = read_checked(self.index.at[pid, name], name, self.cat)
         self._infos[name] = info
         if info.nonfinite:
@@ -363,6 +390,14 @@ class FlairHubDataset(Dataset):
             warnings.warn(f"{info.path}: {info.nonfinite} NaN/inf value(s) of {arr.size} in "
                           f"{name}, read as 0", DataWarning, stacklevel=2)  # fmt: skip
         return arr
+
+    def raw(self, key: str, pid: str) -> np.ndarray:
+        """One modality of one patch as stored (file band order, native dtype): (C, H, W) or
+        (T, C, H, W), from its GeoTIFF or the packed store (one array, no prefetch)."""
+        name = self.cat.modality(key).name
+        if self.store is not None:
+            return self.store.read_patch(pid, (name,))[name]
+        return read_raster(self.index.at[pid, name], name)
 
     def _series(self, key: str, pid: str, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
         x = self._read(key, pid)
@@ -392,15 +427,17 @@ class FlairHubDataset(Dataset):
         item: dict = {"patch_id": pid, "roi": self.rois[i], "ref_date": torch.from_numpy(ref)}
         for key in self.modalities:
             x, dates = self._series(key, pid, rng)
-            x = resize_nearest(x[:, self._bands[key]], self.image_size[key])  # commutes with
-            x = dihedral(scale_values(x, key, self.cat), *flips)  # the pointwise scaling
+            x = resize_nearest(x[:, self._bands[key]], self.image_size[key])  # resize and flips
+            x = scale_values(dihedral(x, *flips), key, self.cat)  # commute with the pointwise
+            # scaling; flipping the stored dtype first moves 4x fewer bytes than float32 would
             item[key] = torch.from_numpy(x)
             item[f"{key}_dates"] = torch.from_numpy(dates_to_ydh(dates))
         for t in self.targets:
             alias = TARGETS[t][0]
             arr = self._read(alias, pid)
             y = label_target(arr, t, self.index.at[pid, self.cat.modality(alias).name])
-            item[t] = torch.from_numpy(dihedral(resize_nearest(y, self.image_size[t]), *flips))
+            y = resize_nearest(y.astype(np.uint8), self.image_size[t])  # ids are 0..255
+            item[t] = torch.from_numpy(dihedral(y, *flips).astype(np.int64))
         check_footprints(pid, self._infos)
         return item
 

@@ -198,8 +198,10 @@ def make_sample(
     seed: int = 0,
     all_toy: bool = False,
     progress: bool = True,
+    store: str | Path | None = None,
 ) -> Path:
-    """Write the synthetic sample into `out_dir` and return it (`n_patches=None`: all 250).
+    """Write the synthetic sample into `out_dir` and return it (`n_patches=None`: all 250);
+    `store`: also pack it into this training store (`flairlab.data.pack`; resumed if there).
 
     Refuses a non-empty folder that is not a previous flairlab sample (DataError); a previous
     sample is regenerated in place. The same seed gives bit-identical files, and a patch's files
@@ -232,6 +234,10 @@ def make_sample(
     _write_patches(root, cat, toy, patches, seed, progress)
     _write_metadata(root, cat, toy, patches, seed)
     _write_marker(root, {**info, "complete": True})
+    if store is not None:
+        from flairlab.data.pack import pack
+
+        print(pack(root, store, overwrite=True, progress=progress))
     return root
 
 
@@ -322,7 +328,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else load_catalog().source_root("sample")
     try:
         root = make_sample(out, n_patches=args.patches, seed=args.seed, all_toy=args.all_toy,
-                           progress=not args.quiet)  # fmt: skip
+                           progress=not args.quiet, store=args.store or None)  # fmt: skip
     except (DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -340,4 +346,5 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--all-toy", action="store_true", help="all 250 patches of the official toy set")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--store", default="", help="also pack the sample into this training store")
     p.set_defaults(func=_run)

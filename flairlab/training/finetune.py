@@ -42,7 +42,6 @@ from flairlab.data.dataset import (
     label_target,
 )
 from flairlab.data.errors import DataError
-from flairlab.data.reader import read_raster
 from flairlab.data.results import save_results, start_run
 from flairlab.data.synthetic_tensors import open_dataset
 from flairlab.models.heads import SegmentationHead
@@ -73,8 +72,7 @@ def class_presence(ds: FlairHubDataset, target: str) -> np.ndarray:
     n = n_classes_of(target)
     out = np.zeros((len(ds), n), bool)
     for i, pid in enumerate(ds.patch_ids):
-        path = ds.index.at[pid, name]
-        y = label_target(read_raster(path, name), target, path)
+        y = label_target(ds.raw(alias, pid), target, ds.index.at[pid, name])
         ids = np.unique(y)
         out[i, ids[ids != IGNORE_INDEX]] = True
     return out
@@ -290,10 +288,10 @@ def run_finetune(
         "n_dates": {k: mc.modalities[k].n_dates for k in mods},
     }
     root = cfg.root or cfg.source
-    if not cfg.root and cfg.source == "sample":  # the embedded sample is made on first use
-        from flairlab.data.sample import ensure_sample
+    if not cfg.root:  # a generated source (the sample, its store) is made on first use
+        from flairlab.data.sources import ensure_source
 
-        root = ensure_sample()
+        root = ensure_source(cfg.source)
     ds_args = dict(modalities=tuple(mods), targets=(task,), seed=cfg.seed, **geometry)
     full_train = open_dataset(root, cfg.train_split, train=True, **ds_args)
     presence = class_presence(full_train, task)

@@ -151,10 +151,10 @@ def pretrain(
                             fused=fused)  # fmt: skip
 
     if dataset is None:
-        if cfg.data.source == "sample" and fabric.global_rank == 0:
-            from flairlab.data.sample import ensure_sample
+        if fabric.global_rank == 0:
+            from flairlab.data.sources import ensure_source
 
-            ensure_sample()  # generated once, before the other ranks read it
+            ensure_source(cfg.data.source)  # generated once, before the other ranks read it
         fabric.barrier()
         dataset = build_dataset(cfg)
     sampler = EpochBatchSampler(len(dataset), tc.batch_size, cfg.seed, fabric.global_rank, world)

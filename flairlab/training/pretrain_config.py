@@ -246,10 +246,10 @@ def build_dataset(cfg: PretrainConfig, split: str | None = None, train: bool = T
 
     cat = load_catalog()
     root = cat.source_root(cfg.data.source) if cfg.data.source in cat.sources else cfg.data.source
-    if cfg.data.source == "sample":  # the embedded sample is generated on first use
-        from flairlab.data.sample import ensure_sample
+    if cfg.data.source in cat.sources:  # a source name: the dataset resolves it, and a generated
+        from flairlab.data.sources import ensure_source  # one (the sample, its store) is made
 
-        root = ensure_sample(root)
+        root = ensure_source(cfg.data.source, cat)
     mods = cfg.model.modalities
     ds = open_dataset(
         root,
