@@ -393,3 +393,16 @@ def test_ctrl_c_stops_the_kernel_and_leaves_a_record(tmp_path: Path) -> None:
     assert status["status"] == "interrupted" and status["duration_s"] < 40
     assert [s["status"] for s in status["steps"]] == ["interrupted", "skipped"]
     assert status["error"]["cell_source"] == "import time\ntime.sleep(60)"
+
+
+def test_json_outputs_get_the_usual_permissions(tmp_path):
+    import stat
+
+    from flairlab.data.results import write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        path = write_json_atomic(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
