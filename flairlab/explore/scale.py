@@ -200,8 +200,9 @@ def ensure_sample(
     root = cat.source_root(source)
     src = cat.sources[source]
     if not src.generate:
-        split_files = any((root / f).is_file() for f in src.splits.values())
-        if root.is_dir() and (split_files or any(root.glob("*_AERIAL_RGBI"))):
+        from flairlab.data.index import split_csvs
+
+        if root.is_dir() and (split_csvs(root, src.splits) or any(root.glob("*_AERIAL_RGBI"))):
             return root
         raise DataError(
             f"data source {source!r} not found; download FLAIR-HUB there or set "
@@ -245,17 +246,14 @@ def select_patches(
 ) -> pd.DataFrame:
     """Patch index of a catalog source name or a dataset folder, optionally one split and a
     seeded random subset of `n_patches` (kept in patch-id order)."""
-    from flairlab.data.index import index_patches, source_index
+    from flairlab.data.index import index_dataset, source_index
 
     cat = catalog or load_catalog()
     if isinstance(source_or_root, str) and source_or_root in cat.sources:
         resolve_root(source_or_root, catalog=cat)
         df = source_index(source_or_root, cat)
     else:
-        root = resolve_root(source_or_root, catalog=cat)
-        names = dict.fromkeys(n for src in cat.sources.values() for n in src.splits.values())
-        csvs = [root / n for n in names if (root / n).is_file()]
-        df = index_patches(csvs, root, cat) if csvs else index_patches(root, catalog=cat)
+        df = index_dataset(resolve_root(source_or_root, catalog=cat), cat)
     if split:
         if "split" not in df.columns:
             raise DataError("index has no split column", expected=split, found="no splits")
