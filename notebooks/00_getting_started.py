@@ -22,7 +22,8 @@
 
 # %% tags=["parameters"]
 source: str = "sample"  # catalog source name (data_catalog.yaml `sources`) or a dataset folder
-sample_patches: int = 40  # patches to generate when the sample is missing
+sample_patches: int = 40  # toy patches to generate when the sample is missing
+sample_zone: int = 4  # and a zone of N x N contiguous extra patches (0: none)
 split: str = ""  # train, valid or test; "" for every patch
 n_patches: int = 0  # random subset of patches; 0 for all
 workers: int = 2  # processes for the statistics; 0 runs serially in this kernel
@@ -66,7 +67,8 @@ class_table('cosia', cat)
 # A catalog source name (`sample`, `flairhub`) resolves through `data_catalog.yaml` (or its environment variable, e.g. `FLAIRHUB_ROOT`); any other value is taken as a folder. The sample is generated on first use: 40 patches of the official toy set plus a contiguous 4 × 4 zone (split `extra`) that notebook 05 maps. The index has one row per patch and one file path per modality; below, the first rows without the paths.
 
 # %%
-root = resolve_root(source, sample_patches=sample_patches, catalog=cat)
+root = resolve_root(source, sample_patches=sample_patches, sample_zone=sample_zone,
+                    catalog=cat)
 index = select_patches(source, split=split or None, n_patches=n_patches or None,
                        seed=seed, catalog=cat)
 print(f'{root}: {len(index)} patches')

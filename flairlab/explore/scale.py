@@ -193,9 +193,11 @@ def ensure_sample(
     source: str = "sample",
     n_patches: int | None = None,
     seed: int = 0,
+    zone: int | None = None,
 ) -> Path:
     """Root of a catalog source. A `generate: true` source (the sample) is written by
-    `flairlab.data.sample` when missing or unfinished (`n_patches=None`: its default subset)."""
+    `flairlab.data.sample` when missing or unfinished (`n_patches=None`: its default subset;
+    `zone=None`: its default zone of extra patches)."""
     cat = catalog or load_catalog()
     root = cat.source_root(source)
     src = cat.sources[source]
@@ -214,17 +216,21 @@ def ensure_sample(
     from flairlab.data import sample
 
     n = sample.DEFAULT_N_PATCHES if n_patches is None else n_patches
-    return sample.ensure_sample(root, n_patches=n, seed=seed)
+    z = sample.DEFAULT_ZONE if zone is None else zone
+    return sample.ensure_sample(root, n_patches=n, seed=seed, zone=z)
 
 
 def resolve_root(
-    source: str | Path = "sample", sample_patches: int | None = None, catalog: Catalog | None = None
+    source: str | Path = "sample",
+    sample_patches: int | None = None,
+    catalog: Catalog | None = None,
+    sample_zone: int | None = None,
 ) -> Path:
     """Dataset folder of a catalog source name (the sample is generated when missing) or of a
     path given directly."""
     cat = catalog or load_catalog()
     if isinstance(source, str) and source in cat.sources:
-        return ensure_sample(cat, source, n_patches=sample_patches)
+        return ensure_sample(cat, source, n_patches=sample_patches, zone=sample_zone)
     root = Path(source).expanduser()
     if not root.is_dir():
         raise DataError(
