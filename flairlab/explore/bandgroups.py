@@ -177,9 +177,11 @@ def norm_table(entries: dict[str, dict]) -> pd.DataFrame:
     for mod, e in entries.items():
         group_of = {b: "{" + ",".join(g) + "}" for g in e["band_groups"] for b in g}
         for i, band in enumerate(e["bands"]):
-            rows.append(dict(modality=mod, band=band, space=e["space"], mean=e["mean"][i],
-                             std=e["std"][i], scaled_mean=e["scaled_mean"][i],
-                             scaled_std=e["scaled_std"][i], group=group_of.get(band, "")))  # fmt: skip
+            rows.append(dict(
+                modality=mod, band=band, space=e["space"], mean=e["mean"][i], std=e["std"][i],
+                scaled_mean=e["scaled_mean"][i], scaled_std=e["scaled_std"][i],
+                group=group_of.get(band, ""),
+            ))  # fmt: skip
     return pd.DataFrame(rows).set_index(["modality", "band"])
 
 
