@@ -16,7 +16,7 @@
 # %% [markdown]
 # # 01 · Exploring the modalities
 #
-# A **patch browser** (pick a domain, ROI and patch; slide through the Sentinel dates), then two views of the time series over many patches: **temporal profiles** per COSIA class (NDVI from Sentinel-2, VV and VH backscatter from Sentinel-1) and **Sentinel-2 snow/cloud statistics** per acquisition date.
+# A **patch browser** (pick a domain, ROI and patch; slide through the Sentinel dates), then two views of the time series over many patches: **temporal profiles** per COSIA class (NDVI from Sentinel-2, VV and VH backscatter from Sentinel-1) and **Sentinel-2 snow/cloud statistics** per month of the year.
 #
 # Profiles are medians and quartiles per class and period read from fixed-bin histograms, so that partial results from many workers merge exactly (each value is within one bin of the true order statistic: 0.02 NDVI, 0.5 dB). Each S2/S1 pixel takes the majority COSIA class of the 0.2 m pixels it covers; cloudy or snowy S2 pixels are left out of the NDVI profile.
 

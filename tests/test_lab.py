@@ -357,7 +357,8 @@ def open_in_lab(url: str, name: str, needs: dict[str, int], shot: Path) -> dict:
             page = browser.new_page(viewport={"width": 1280, "height": 1400})
             watch(page, console, failed, requests)
             page.goto(url.format(path=name), wait_until="domcontentloaded", timeout=90_000)
-            page.wait_for_selector(".jp-Notebook .jp-OutputArea-output", timeout=90_000)
+            page.wait_for_selector(".jp-Notebook .jp-OutputArea-output", state="attached",
+                                   timeout=90_000)
             deadline = time.monotonic() + 90
             while True:
                 found = {k: page.locator(sel).count() for k, sel in counts.items()}

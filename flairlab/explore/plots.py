@@ -23,7 +23,7 @@ from flairlab.data.catalog import Catalog, load_catalog
 from flairlab.data.results import save_figure
 from flairlab.explore.display import bokeh_backend, html_with_static_twin, load_bokeh
 
-NOTEBOOK_WIDTH = 880  # px: the widest a bokeh figure may be to fit a notebook cell
+NOTEBOOK_WIDTH = 800  # px: the widest bokeh figure that fits a notebook cell beside the sidebar
 PALETTE = [
     "#1f77b4",
     "#ff7f0e",
@@ -191,8 +191,11 @@ def plot_histograms(
                 title=f"{m.name} {band}",
                 width=NOTEBOOK_WIDTH // ncol,
                 height=240,
+                xticks=4,
                 xlim=xlim,
                 legend_position="top_right",
+                legend_opts={"label_text_font_size": "7pt", "spacing": 0, "glyph_height": 10,
+                             "glyph_width": 10, "padding": 4},
                 show_legend=i == 0,
             )
         )

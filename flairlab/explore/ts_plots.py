@@ -153,7 +153,7 @@ def plot_clouds(
     tidy["month"] = [MONTHS[m - 1] for m in tidy["month"]]
     tidy["series"] = [CLOUD_SERIES[c][0] for c in tidy["series"]]
     bars = hv.Bars(tidy, ["month", "series"], ["percent", "patch_dates"]).opts(
-        width=560, height=320, ylim=(0, 105), ylabel="share (%)", xlabel="month",
+        width=520, height=320, ylim=(0, 105), ylabel="share (%)", xlabel="month",
         color="series", cmap=dict(CLOUD_SERIES.values()), tools=["hover"],
         title="by month of year, all years pooled", multi_level=False, xrotation=0,
         show_legend=True, legend_position="top",
@@ -161,5 +161,5 @@ def plot_clouds(
     hist = hv.Histogram(
         (edges, cs.frac_hist), kdims=["cloudy pixels in the acquisition (%)"],
         vdims=["patch acquisitions"],
-    ).opts(width=NOTEBOOK_WIDTH - 560, height=320, title="how cloudy each acquisition is")
+    ).opts(width=NOTEBOOK_WIDTH - 520, height=320, title="how cloudy each acquisition is")
     return _finish((bars + hist).opts(title=title), fig, output_dir, "s2_clouds", interactive)

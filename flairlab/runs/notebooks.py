@@ -6,7 +6,7 @@ with `ast` (papermill's own parser drops `str | None` annotations), `Param.check
 against the declared type before anything runs.
 
 `finish_executed` prepares a notebook the runner executed for its readers: no jupytext pairing
-(JupyterLab would write a `.py` beside it on save), progress bars whose text shows where they ended
+(JupyterLab would write a `.py` beside it on save), progress bars as the text of where they ended
 (not the "0%" of their first frame), BokehJS stored once instead of twice, and a signature with the
 user's own Jupyter secret so JupyterLab shows its plots, widgets and maps without "Trust Notebook".
 """
@@ -299,15 +299,16 @@ def progress_text(states: dict[str, Any], model_id: str, width: int = 10) -> str
 
 
 def finish_progress_bars(nb: nbformat.NotebookNode) -> int:
-    """Replace the text fallback of every saved progress bar (its first frame, "0%") with its
-    final state from the saved widget state; returns how many were rewritten."""
+    """Replace every saved progress bar — a widget view whose text fallback is its first frame,
+    "0%", and which JupyterLab shows as a disconnected widget — by the text of its final state
+    (`progress_text`); returns how many were replaced."""
     states, n = _widget_states(nb), 0
     for cell in nb.cells:
         for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
             view = out.get("data", {}).get(WIDGET_VIEW)
             text = progress_text(states, view.get("model_id", "")) if view else None
             if text is not None:
-                out["data"]["text/plain"] = text
+                out["data"] = nbformat.from_dict({"text/plain": text})
                 n += 1
     return n
 
