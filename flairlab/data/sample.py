@@ -235,7 +235,7 @@ def make_sample(
 ) -> Path:
     """Write the synthetic sample into `out_dir` and return it (`n_patches=None`: all 250 toy
     patches; `zone`: side of the block of extra patches, 0 for none; `workers` processes render
-    the patches, default: the CPUs available, at most 8).
+    the patches, default: the idle CPUs, at most 8 (`default_workers`)).
 
     Refuses a non-empty folder that is not a previous flairlab sample (DataError); a previous
     sample is regenerated in place. The same seed gives bit-identical files, and a patch's files
@@ -300,9 +300,13 @@ def _render_patch_files(root: Path, cat: Catalog, pid: str, sc, row: int, col: i
 
 
 def default_workers(n_tasks: int) -> int:
-    """Processes for `n_tasks` independent tasks: the CPUs this process may use, at most 8."""
+    """Processes for `n_tasks` independent CPU-bound tasks: the CPUs this process may use that
+    other jobs leave idle (1-minute load average), at most 8 — a busy machine gets 1 (on 2
+    shared cores at load 5, 2 processes cost 15 % more CPU and saved no time:
+    `benchmarks/bench_first_picture.py`)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cpus or 1, 8, n_tasks))
+    idle = (cpus or 1) - int(os.getloadavg()[0]) if hasattr(os, "getloadavg") else cpus or 1
+    return max(1, min(idle, 8, n_tasks))
 
 
 def _write_patches(root: Path, cat: Catalog, toy: pd.DataFrame, patches, seed, progress,
@@ -422,6 +426,6 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
                    help="side of a contiguous block of extra (non-toy) patches in "
                    f"{ZONE_ORIGIN[0]}_{ZONE_ORIGIN[1]}, 0 for none (default {DEFAULT_ZONE})")
     p.add_argument("--workers", type=int, default=None,
-                   help="processes rendering patches (default: available CPUs, at most 8)")
+                   help="processes rendering patches (default: idle CPUs, at most 8)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
