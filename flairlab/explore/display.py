@@ -9,7 +9,10 @@
   - `hv.extension` imports `nbformat` only for HoloViews' notebook-archive feature, which pulls
     `jsonschema` → `rfc3987_syntax`, compiling 38 Lark grammars (≈ 3 s of a ≈ 9 s cell on a
     2-core machine, `benchmarks/bench_first_picture.py`); flairlab does not use the archive, so
-    the extension is loaded without it when `nbformat` is not imported yet.
+    the extension is loaded without it when `nbformat` is not imported yet;
+  - HoloViews draws with WebGL by default, one WebGL context per plot; browsers keep about 16
+    per page and drop the oldest, so notebook 02 (≈ 50 histogram panels) showed empty axes.
+    flairlab's plots are small: they are drawn on a plain canvas.
 
 * `html_with_static_twin(html, png)` — a plot's HTML with its PNG twin in front of it and a script
   that removes the PNG once BokehJS is there. Where no script runs (an untrusted notebook, GitHub,
@@ -83,6 +86,7 @@ def bokeh_backend() -> Any:
         import holoviews.plotting.bokeh  # registers the backend and its options
 
         hv.Store.set_current_backend("bokeh")
+    hv.Store.renderers["bokeh"].webgl = False  # canvas: see the module docstring
     return hv
 
 
@@ -91,7 +95,7 @@ _notebook_loaded = False  # BokehJS sent to this kernel's notebook (once per ker
 
 def load_bokeh() -> Any:
     """HoloViews' bokeh notebook extension, offline: BokehJS inlined once per kernel, panel CSS
-    inlined instead of CDN links (idempotent); returns `hv`."""
+    inlined instead of CDN links, canvas instead of WebGL (idempotent); returns `hv`."""
     global _notebook_loaded
     import holoviews as hv
 
@@ -103,7 +107,7 @@ def load_bokeh() -> Any:
 
     if _inline_panel_stylesheets not in Viewable._preprocessing_hooks:
         Viewable._preprocessing_hooks.append(_inline_panel_stylesheets)
-    return hv
+    return bokeh_backend()
 
 
 def setup_plots(interactive: bool = True) -> None:
