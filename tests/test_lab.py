@@ -10,8 +10,10 @@ notebook or an exported map) requests anything from outside the machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -21,6 +23,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
@@ -164,65 +167,71 @@ def watch(page, console: list[str], failed: list[str], requests: list[str]) -> N
     page.on("websocket", lambda w: requests.append(w.url))
 
 
-def run_in_lab(url: str, root: Path, name: str, shot: Path) -> dict:
-    """Open `name` in JupyterLab, run all cells, save; return DOM counts, texts and console."""
+@contextlib.contextmanager
+def lab_page(url: str, name: str) -> Iterator[tuple[Any, dict[str, list[str]]]]:
+    """Headless Chromium showing notebook `name` in JupyterLab: yields the page and its log
+    (`console`, `failed` requests, every `requests` URL and websocket)."""
     from playwright.sync_api import sync_playwright
 
-    console: list[str] = []
-    failed: list[str] = []
-    requests: list[str] = []
+    log: dict[str, list[str]] = {"console": [], "failed": [], "requests": []}
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"]
         )
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1400})
-            watch(page, console, failed, requests)
+            watch(page, log["console"], log["failed"], log["requests"])
             page.goto(url.format(path=name), wait_until="domcontentloaded", timeout=90_000)
-            # the panel of *this* notebook (the workspace may restore earlier ones)
-            find = (
-                "[...(window.jupyterapp?.shell.widgets('main') ?? [])]"
-                ".find(w => w.context?.path === n)"
-            )
-            page.wait_for_function(
-                f"(n) => !!{find}?.sessionContext?.session?.kernel", arg=name, timeout=90_000
-            )
-            page.evaluate(
-                f"async (n) => {{ const w = {find}; await w.sessionContext.ready;"
-                " window.jupyterapp.shell.activateById(w.id);"
-                " await window.jupyterapp.commands.execute('notebook:run-all-cells'); }",
-                name,
-            )
-            page.wait_for_function(
-                f"(n) => {{ const w = {find};"
-                " const ps = [...w.node.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];"
-                " return w.sessionContext.session?.kernel?.status === 'idle'"
-                "   && ps.length > 0 && ps.every(e => /\\[\\d+\\]/.test(e.textContent)); }",
-                arg=name,
-                timeout=240_000,
-            )
-            page.wait_for_timeout(2500)  # let widget views and BokehJS finish rendering
-            page.evaluate(f"async (n) => {{ await {find}.context.save(); }}", name)
-            result = {
-                "sliders": page.locator(".jp-OutputArea-output .widget-slider").count(),
-                "widgets": page.locator(".jp-OutputArea-output .jupyter-widgets").count(),
-                "bokeh_roots": page.locator(".jp-OutputArea-output .bk-Figure").count(),
-                "bokeh_canvas": page.locator(".jp-OutputArea-output .bk-Figure canvas").count(),
-                "leaflet": page.locator(".jp-OutputArea-output .leaflet-container").count(),
-                "overlays": page.evaluate(
-                    "() => [...document.querySelectorAll('img.leaflet-image-layer')]"
-                    ".map(i => i.complete && i.naturalWidth > 0)"
-                ),
-                "legend": page.locator(".leaflet-control").filter(has_text="Classes").count(),
-                "split": page.locator(".leaflet-sbs-divider").count(),
-                "text": page.locator(".jp-NotebookPanel").inner_text(),
-            }
-            page.screenshot(path=str(shot), full_page=True)
+            yield page, log
         finally:
             browser.close()
-    result["console"] = console
-    result["failed_requests"] = failed
-    result["external_requests"] = external(requests)
+
+
+def run_in_lab(url: str, root: Path, name: str, shot: Path) -> dict:
+    """Open `name` in JupyterLab, run all cells, save; return DOM counts, texts and console."""
+    with lab_page(url, name) as (page, log):
+        # the panel of *this* notebook (the workspace may restore earlier ones)
+        find = (
+            "[...(window.jupyterapp?.shell.widgets('main') ?? [])]"
+            ".find(w => w.context?.path === n)"
+        )
+        page.wait_for_function(
+            f"(n) => !!{find}?.sessionContext?.session?.kernel", arg=name, timeout=90_000
+        )
+        page.evaluate(
+            f"async (n) => {{ const w = {find}; await w.sessionContext.ready;"
+            " window.jupyterapp.shell.activateById(w.id);"
+            " await window.jupyterapp.commands.execute('notebook:run-all-cells'); }",
+            name,
+        )
+        page.wait_for_function(
+            f"(n) => {{ const w = {find};"
+            " const ps = [...w.node.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];"
+            " return w.sessionContext.session?.kernel?.status === 'idle'"
+            "   && ps.length > 0 && ps.every(e => /\\[\\d+\\]/.test(e.textContent)); }",
+            arg=name,
+            timeout=240_000,
+        )
+        page.wait_for_timeout(2500)  # let widget views and BokehJS finish rendering
+        page.evaluate(f"async (n) => {{ await {find}.context.save(); }}", name)
+        result = {
+            "sliders": page.locator(".jp-OutputArea-output .widget-slider").count(),
+            "widgets": page.locator(".jp-OutputArea-output .jupyter-widgets").count(),
+            "bokeh_roots": page.locator(".jp-OutputArea-output .bk-Figure").count(),
+            "bokeh_canvas": page.locator(".jp-OutputArea-output .bk-Figure canvas").count(),
+            "leaflet": page.locator(".jp-OutputArea-output .leaflet-container").count(),
+            "overlays": page.evaluate(
+                "() => [...document.querySelectorAll('img.leaflet-image-layer')]"
+                ".map(i => i.complete && i.naturalWidth > 0)"
+            ),
+            "legend": page.locator(".leaflet-control").filter(has_text="Classes").count(),
+            "split": page.locator(".leaflet-sbs-divider").count(),
+            "text": page.locator(".jp-NotebookPanel").inner_text(),
+        }
+        page.screenshot(path=str(shot), full_page=True)
+    result["console"] = log["console"]
+    result["failed_requests"] = log["failed"]
+    result["external_requests"] = external(log["requests"])
     return result
 
 
@@ -302,7 +311,8 @@ OPENED_NEEDS = {
     "01_explore_modalities": {"bokeh_canvas": 4, "widgets": 1, "browser_images": 11},
     "05_predict_and_map": {"leaflet": 1, "overlays": 2, "legend": 1, "split": 1},
 }
-RAW_REPRS = ("VBox(children=", "Map(center=", "0%|")
+RAW_REPRS = ("VBox(children=", "Map(center=")  # widget reprs instead of widgets
+FIRST_FRAME = re.compile(r"(?<![\d.])0%\|")  # a progress bar saved at its first frame
 
 
 @pytest.fixture(scope="module")
@@ -334,11 +344,6 @@ def keep(shot: Path, name: str) -> None:
 def open_in_lab(url: str, name: str, needs: dict[str, int], shot: Path) -> dict:
     """Open `name` in JupyterLab without running anything; wait (up to 90 s) until `needs` are
     on the page; return DOM counts, the page text, console and every request made."""
-    from playwright.sync_api import sync_playwright
-
-    console: list[str] = []
-    failed: list[str] = []
-    requests: list[str] = []
     counts = {
         "bokeh_canvas": ".jp-OutputArea-output .bk-Figure canvas",
         "widgets": ".jp-OutputArea-output .jupyter-widgets",
@@ -349,31 +354,22 @@ def open_in_lab(url: str, name: str, needs: dict[str, int], shot: Path) -> dict:
         "static_twins": ".jp-OutputArea-output .flairlab-static-twin img",
         "images": ".jp-OutputArea-output img",
     }
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"]
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1400})
-            watch(page, console, failed, requests)
-            page.goto(url.format(path=name), wait_until="domcontentloaded", timeout=90_000)
-            page.wait_for_selector(".jp-Notebook .jp-OutputArea-output", state="attached",
-                                   timeout=90_000)
-            deadline = time.monotonic() + 90
-            while True:
-                found = {k: page.locator(sel).count() for k, sel in counts.items()}
-                legend = page.locator(".leaflet-control").filter(has_text="Classes")
-                found["legend"] = legend.count()
-                if all(found[k] >= n for k, n in needs.items()) or time.monotonic() > deadline:
-                    break
-                page.wait_for_timeout(1000)
-            page.wait_for_timeout(1500)
-            found["text"] = page.locator(".jp-NotebookPanel").inner_text()
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
-    return {**found, "console": console, "failed_requests": failed,
-            "external_requests": external(requests)}  # fmt: skip
+    with lab_page(url, name) as (page, log):
+        page.wait_for_selector(".jp-Notebook .jp-OutputArea-output", state="attached",
+                               timeout=90_000)
+        deadline = time.monotonic() + 90
+        while True:
+            found = {k: page.locator(sel).count() for k, sel in counts.items()}
+            legend = page.locator(".leaflet-control").filter(has_text="Classes")
+            found["legend"] = legend.count()
+            if all(found[k] >= n for k, n in needs.items()) or time.monotonic() > deadline:
+                break
+            page.wait_for_timeout(1000)
+        page.wait_for_timeout(1500)
+        found["text"] = page.locator(".jp-NotebookPanel").inner_text()
+        page.screenshot(path=str(shot), full_page=True)
+    return {**found, "console": log["console"], "failed_requests": log["failed"],
+            "external_requests": external(log["requests"])}  # fmt: skip
 
 
 @pytest.mark.parametrize("step", list(RUN_STEPS))
@@ -386,7 +382,7 @@ def test_executed_run_renders_as_opened(lab, executed_run: Path, tmp_path: Path,
     info = json.dumps({k: v for k, v in res.items() if k != "text"}, indent=1)[:3000]
     missing = {k: (res[k], n) for k, n in needs.items() if res[k] < n}
     assert not missing, f"not rendered (found, needed): {missing}\n{info}"
-    raw = [r for r in RAW_REPRS if r in res["text"]]
+    raw = [r for r in RAW_REPRS if r in res["text"]] + FIRST_FRAME.findall(res["text"])
     assert not raw, f"text stand-ins instead of widgets or finished bars: {raw}\n{info}"
     assert res["static_twins"] == 0, "PNG twins shown next to live bokeh plots"
     assert not res["external_requests"], f"requests leaving the machine: {res['external_requests']}"
