@@ -329,9 +329,13 @@ def index_split_csvs(
 def index_dataset(root: str | Path, catalog: Catalog | None = None,
                   splits: dict[str, str | list[str]] | None = None) -> pd.DataFrame:  # fmt: skip
     """Index of a dataset folder from its split CSVs — `splits` (name or glob per split), by
-    default the split patterns of every catalog source — else a folder scan (split from
-    `GLOBAL_ALL_MTD_SPLIT.gpkg` when there)."""
+    default those of the catalog source whose folder `root` is, else the split patterns of every
+    source — or, without any split CSV, a folder scan (split from `GLOBAL_ALL_MTD_SPLIT.gpkg`)."""
     cat = catalog or load_catalog()
+    here = Path(root).resolve()
+    if splits is None:
+        splits = next((src.splits for name, src in cat.sources.items()
+                       if cat.source_root(name) == here), None)  # fmt: skip
     if splits is None:
         splits = {}
         for src in cat.sources.values():
