@@ -43,10 +43,13 @@ demo: sample
 	$(BIN)/python -m flairlab.runs.runner $(PIPELINE) --runs-dir $(RUNS)
 
 # JupyterLab in the project's environment (ipywidgets, bokeh and leaflet front-ends are prebuilt);
-# extra options via LAB_ARGS, e.g. `make lab LAB_ARGS="--no-browser --port 8889"`
+# offline: no news feed, no update check (both fetch from the internet); runs/ is in its file browser.
+# Extra options via LAB_ARGS, e.g. `make lab LAB_ARGS="--no-browser --port 8889"`
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
+LAB_OFFLINE := --LabApp.news_url= --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate
 lab: sample
-	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) $(LAB_ARGS) notebooks/00_getting_started.ipynb
+	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) $(LAB_OFFLINE) $(LAB_ARGS) \
+	  notebooks/00_getting_started.ipynb
 
 # -- GPU ---------------------------------------------------------------------------------------
 # `make gpu-check`: the one-call GPU check (benchmarks/gpu_check.sh; README "Running on a GPU"):

@@ -49,7 +49,7 @@ from flairlab.data.catalog import load_catalog
 from flairlab.data.dataset import dataset_index
 from flairlab.data.results import save_figure, save_results
 from flairlab.maps.html_map import export_html
-from flairlab.maps.leaflet import interactive_map, plot_zone, zone_overlays
+from flairlab.maps.leaflet import interactive_map, plot_zone, zone_info, zone_overlays
 from flairlab.maps.predict import load_segmentation_model, predict, select_patches
 
 cat = load_catalog()
@@ -93,7 +93,7 @@ table
 # %% [markdown]
 # ## The zone on a map
 #
-# The largest zone. Toggle layers and change their opacity (top right); drag the divider to compare the prediction (left) with the ground truth (right). The error layer (hidden at first) shows wrong pixels in red.
+# The largest zone. Toggle layers and change their opacity (top right); drag the divider to compare the prediction (left) with the ground truth (right), both drawn over the aerial image. The error layer (hidden at first) shows wrong pixels in red.
 
 # %%
 main = max(results, key=lambda r: len(r.patch_ids))
@@ -104,13 +104,15 @@ m
 # %% [markdown]
 # ## Offline HTML export
 #
-# One self-contained page per zone (Leaflet, the split control and the images are inside the file); it opens in any browser without network.
+# One self-contained page per zone (Leaflet, the split control and the images are inside the file); it opens in any browser without network, fitted to the zone, with the zone, the model and its scores in a title box.
 
 # %%
 html_files = {}
 for r in results:
     ovs = overlays if r is main else zone_overlays(r, max_pixels=max_overlay_pixels)
-    html_files[r.zone] = export_html(ovs, Path(output_dir) / f'{r.zone}_map.html')
+    heading, info = zone_info(r, checkpoint, model_modalities)
+    html_files[r.zone] = export_html(ovs, Path(output_dir) / f'{r.zone}_map.html',
+                                     heading=heading, info=info)
 {z: f'{p.name}: {p.stat().st_size / 1e3:.0f} kB' for z, p in html_files.items()}
 
 # %% [markdown]

@@ -614,3 +614,21 @@ def test_predict_from_finetuned_checkpoint(tmp_path: Path) -> None:
         pred = src.read(1)
     assert pred.shape == (512, 1024) and (pred != NODATA).all() and pred.max() < 15
     assert res.metrics["n_evaluated_px"] > 0
+
+
+def test_html_title_box_shows_zone_model_metrics_escaped(zone_result: ZoneResult, tmp_path) -> None:
+    """The map page names the zone, the model and its scores; text is escaped, never run or
+    evaluated as a template (a hostile zone or checkpoint name stays text)."""
+    from flairlab.maps.html_map import export_html
+    from flairlab.maps.leaflet import zone_info, zone_overlays
+
+    heading, info = zone_info(zone_result, "runs/x/04_finetune/finetuned.safetensors", ["aerial"])
+    assert info["model"] == "04_finetune/finetuned.safetensors" and "OA" in info["metrics"]
+    assert "4 patches" in info["zone"] and " km (EPSG:2154)" in info["zone"]
+    info["note"] = "<script>alert(1)</script> {{ 7 * 7 }} {% if 1 %}x{% endif %}"
+    page = export_html(zone_overlays(zone_result), tmp_path / "m.html", heading=heading + " <b>",
+                       info=info).read_text(encoding="utf-8")  # fmt: skip
+    assert f"<title>{zone_result.zone}: prediction vs ground truth &lt;b&gt;</title>" in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; {{ 7 * 7 }} {% if 1 %}x{% endif %}" in page
+    assert "<script>alert(1)" not in page and "49" not in page.split("flairlab-info")[1][:600]
+    assert "04_finetune/finetuned.safetensors" in page

@@ -187,7 +187,7 @@ class Source(_Strict):
     path: str
     env: str | None = None
     generate: bool = False
-    splits: dict[str, str] = {}
+    splits: dict[str, str | list[str]] = {}  # split -> CSV file name or glob pattern(s)
     packed_from: str | None = None
     resample: dict[str, int] = {}
 

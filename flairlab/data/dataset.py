@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 
 from flairlab.data.catalog import Catalog, load_catalog
 from flairlab.data.errors import DataError, DataWarning
-from flairlab.data.index import index_patches
+from flairlab.data.index import index_dataset, index_patches
 from flairlab.data.reader import (
     RasterInfo,
     check_footprints,
@@ -252,15 +252,10 @@ def _resolve_root(root: str | Path, cat: Catalog) -> Path:
 
 
 def dataset_index(root: str | Path, cat: Catalog | None = None) -> pd.DataFrame:
-    """Patch index of a dataset folder: from the catalog's split CSVs when they are all in `root`
-    (with a `split` column), else a folder scan (split from GLOBAL_ALL_MTD_SPLIT.gpkg if there)."""
-    cat = cat or load_catalog()
-    root = Path(root)
-    names = next((s.splits for s in cat.sources.values() if s.splits), {})
-    csvs = [root / n for n in names.values()]
-    if csvs and all(c.is_file() for c in csvs):
-        return index_patches(csvs, root, cat)
-    return index_patches(root, catalog=cat)
+    """Patch index of a dataset folder: from the split CSVs of the catalog sources' `splits`
+    patterns found in `root` (with a `split` column), else a folder scan (split from
+    GLOBAL_ALL_MTD_SPLIT.gpkg if there). See `flairlab.data.index.index_dataset`."""
+    return index_dataset(root, cat)
 
 
 def build_index(root: Path, split: str | None, cat: Catalog) -> pd.DataFrame:

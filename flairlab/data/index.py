@@ -330,11 +330,88 @@ def _split_name(path: Path) -> str:
     return path.stem
 
 
-def source_index(source: str = "sample", catalog: Catalog | None = None) -> pd.DataFrame:
-    """Index of a catalog source from its split CSVs (falls back to scanning its root)."""
+def split_csvs(root: str | Path, splits: dict[str, str | list[str]]) -> dict[str, list[Path]]:
+    """`{split: [CSV files]}` in `root` for `{split: file name or glob pattern(s)}` (a catalog
+    source's `splits`, e.g. `{"train": "FLAIR-HUB*_TRAIN.csv"}`); splits without a match are left
+    out. A file matched by two splits is a DataError."""
+    root = Path(root)
+    found: dict[str, list[Path]] = {}
+    owner: dict[Path, str] = {}
+    for split, patterns in splits.items():
+        for pattern in [patterns] if isinstance(patterns, str) else patterns:
+            for path in sorted(root.glob(pattern)) if root.is_dir() else []:
+                if not path.is_file():
+                    continue
+                if owner.setdefault(path, split) != split:
+                    raise DataError(
+                        f"split CSV matches the patterns of two splits ({owner[path]}, {split})",
+                        path=path, expected="one split per file (sources.<name>.splits)",
+                    )  # fmt: skip
+                if path not in found.setdefault(split, []):
+                    found[split].append(path)
+    return found
+
+
+def index_split_csvs(
+    csvs: dict[str, list[Path]], root: str | Path, catalog: Catalog | None = None
+) -> pd.DataFrame:
+    """Index of `{split: [CSV files]}` (`split_csvs`) with a `split` column. A patch listed twice
+    in one split (e.g. toy and full CSVs side by side) counts once; in two splits, DataError."""
     cat = catalog or load_catalog()
-    root = cat.source_root(source)
-    csvs = [root / name for name in cat.sources[source].splits.values()]
-    if csvs and all(c.is_file() for c in csvs):
-        return index_patches(csvs, root, cat)
+    frames = []
+    for split, paths in csvs.items():
+        parts = [read_split_csv(p, root, cat) for p in paths]
+        part = pd.concat(parts)
+        part = part[~part.index.duplicated()]
+        part["split"] = split
+        part.attrs = parts[0].attrs
+        frames.append(part)
+    df = pd.concat(frames)
+    if df.index.duplicated().any():
+        pid = df.index[df.index.duplicated()][0]
+        where = sorted(df.loc[[pid], "split"].unique())
+        raise DataError(f"patch {pid!r} is in several splits: {where}", path=Path(root))
+    df["split"] = df["split"].astype("string")
+    df.attrs = frames[0].attrs
+    return df.sort_index()
+
+
+def index_dataset(root: str | Path, catalog: Catalog | None = None,
+                  splits: dict[str, str | list[str]] | None = None) -> pd.DataFrame:  # fmt: skip
+    """Index of a dataset folder from its split CSVs — `splits` (name or glob per split), by
+    default those of the catalog source whose folder `root` is, else the split patterns of every
+    source — or, without any split CSV, a folder scan (split from `GLOBAL_ALL_MTD_SPLIT.gpkg`)."""
+    cat = catalog or load_catalog()
+    here = Path(root).resolve()
+    if splits is None:
+        splits = next((src.splits for name, src in cat.sources.items()
+                       if cat.source_root(name) == here), None)  # fmt: skip
+    if splits is None:
+        splits = {}
+        for src in cat.sources.values():
+            for split, pattern in src.splits.items():
+                have = splits.setdefault(split, [])
+                have.extend(p for p in ([pattern] if isinstance(pattern, str) else pattern)
+                            if p not in have)  # fmt: skip
+    csvs = split_csvs(root, splits)
+    if csvs:
+        return index_split_csvs(csvs, root, cat)
     return index_patches(root, catalog=cat)
+
+
+def source_index(source: str = "sample", catalog: Catalog | None = None) -> pd.DataFrame:
+    """Index of a catalog source from its split CSVs (names or glob patterns in the source's
+    `splits`); a folder scan when none of them is there."""
+    cat = catalog or load_catalog()
+    return index_dataset(cat.source_root(source), cat, cat.sources[source].splits)
+
+
+def index_summary(index: pd.DataFrame, n: int = 5, catalog: Catalog | None = None) -> pd.DataFrame:
+    """The first `n` patches of an index as a reader wants them: domain, ROI, row, col, split and
+    how many of the catalog's modality files each has (`10/10`), without the file paths."""
+    cat = catalog or load_catalog()
+    mods = [m for m in cat.modality_names if m in index.columns]
+    head = index.head(n)
+    out = head[[c for c in [*META_COLUMNS, "split"] if c in head.columns and c != "year"]].copy()
+    out["files"] = [f"{k}/{len(mods)}" for k in head[mods].notna().sum(axis=1)]
+    return out

@@ -141,6 +141,22 @@ def _legend_html(entries: dict[str, str], title: str) -> str:
     )
 
 
+def _info_html(heading: str, info: dict[str, str]) -> str:
+    """The page's title box (top left): heading and `label: value` rows, every string
+    HTML-escaped (it is inserted as a value, never compiled as a template)."""
+    rows = "".join(
+        f"<div><span>{html_text(k)}</span> {html_text(v)}</div>"
+        for k, v in info.items()
+    )
+    return (
+        f'<div class="flairlab-info"><b>{html_text(heading)}</b>{rows}</div>'
+        "<style>.flairlab-info{position:absolute;z-index:1000;left:54px;top:10px;"
+        "max-width:45%;background:rgba(255,255,255,.92);padding:6px 10px;font:12px sans-serif;"
+        "border-radius:4px;box-shadow:0 0 4px rgba(0,0,0,.3)}.flairlab-info b{font-size:14px}"
+        ".flairlab-info span{color:#555}</style>"
+    )
+
+
 def offline_problems(page: str) -> list[str]:
     """Remote references (http(s) `src`/`href`/CSS `url(`) outside `<a>` attribution links."""
     hits = []
@@ -159,9 +175,13 @@ def export_html(
     nomenclature: str = "cosia",
     title: str = "Classes",
     catalog: Catalog | None = None,
+    heading: str | None = None,
+    info: dict[str, str] | None = None,
 ) -> Path:
-    """Self-contained HTML map (folium + inlined Leaflet, nothing fetched). Raises DataError if
-    a remote resource slipped into the page."""
+    """Self-contained HTML map (folium + inlined Leaflet, nothing fetched), opened fitted to the
+    layers. `heading` (page title and title box) and `info` (`label: value` rows under it, e.g.
+    zone, model, metrics; see `flairlab.maps.leaflet.zone_info`) are HTML-escaped. Raises
+    DataError if a remote resource slipped into the page."""
     import folium
 
     Verbatim, VerbatimScript = verbatim_elements()
@@ -223,6 +243,9 @@ def export_html(
     root.header.add_child(
         Verbatim("<style>.flairlab-classes,.flairlab-error{image-rendering:pixelated}</style>")
     )
+    if heading or info:
+        root.title = html_text(heading or "flairlab map")  # branca inserts it unescaped
+        root.html.add_child(Verbatim(_info_html(heading or "", info or {})), name="flairlab_info")
     m.fit_bounds(union_bounds(overlays))
     page = root.render()
     bad = offline_problems(page)

@@ -233,10 +233,11 @@ def zone_overlays(
     result: Any,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    opacity: float = 0.8,
+    opacity: float = 0.6,
     catalog: Catalog | None = None,
 ) -> list[Overlay]:
-    """Overlays for a `flairlab.maps.predict.ZoneResult`: aerial, prediction, truth, errors."""
+    """Overlays for a `flairlab.maps.predict.ZoneResult`: aerial, prediction, truth, errors;
+    class layers at `opacity` so that the aerial image shows through them."""
     out = []
     if result.aerial:
         out.append(rgb_overlay(result.aerial, max_pixels=max_pixels))
@@ -249,6 +250,32 @@ def zone_overlays(
     if result.error is not None:
         out.append(error_overlay(result.error, max_pixels=max_pixels, opacity=opacity, show=False))
     return out
+
+
+def zone_info(
+    result: Any, checkpoint: str | Path | None = None, modalities: Sequence[str] = ()
+) -> tuple[str, dict[str, str]]:
+    """(heading, rows) describing a `ZoneResult` for a map page: zone, patches and extent, the
+    model (checkpoint file and its run step, or "untrained"), its inputs and the zone metrics."""
+    with rasterio.open(result.prediction) as ds:
+        b = ds.bounds
+    extent = f"{(b.right - b.left) / 1e3:.2f} × {(b.top - b.bottom) / 1e3:.2f} km"
+    n = len(result.patch_ids)
+    rows = {"zone": f"{result.zone}: {n} patch{'es' if n != 1 else ''}, {extent} (EPSG:2154)"}
+    if checkpoint:
+        ck = Path(checkpoint)
+        rows["model"] = f"{ck.parent.name}/{ck.name}" if ck.parent.name else ck.name
+    else:
+        rows["model"] = "untrained (fresh weights): a pipeline check, its map is noise"
+    if modalities:
+        rows["inputs"] = ", ".join(modalities)
+    m = result.metrics or {}
+    if m.get("oa") is not None:
+        rows["metrics"] = (f"OA {m['oa']:.3f}, mIoU {m['miou']:.3f} on "
+                           f"{m.get('n_evaluated_px', 0):,} labelled pixels")  # fmt: skip
+    else:
+        rows["metrics"] = "no ground truth in this zone"
+    return f"{result.zone}: prediction vs ground truth", rows
 
 
 def legend_entries(
@@ -418,6 +445,8 @@ def plot_zone(result: Any, *, max_pixels: int = 1_000_000, catalog: Catalog | No
         fontsize=8,
         frameon=False,
     )
-    fig.suptitle(f"{result.zone}: {len(result.patch_ids)} patch(es)")
+    m = result.metrics or {}
+    scores = f" · OA {m['oa']:.3f}, mIoU {m['miou']:.3f}" if m.get("oa") is not None else ""
+    fig.suptitle(f"{result.zone}: {len(result.patch_ids)} patch(es){scores}")
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig
