@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.flairlab-installed
 
-.PHONY: test lint browser install
+.PHONY: test lint browser install gpu-check
 
 install: $(STAMP)
 
@@ -28,7 +28,7 @@ test: $(STAMP) browser lint
 	$(BIN)/python -m pytest
 
 # -- the one-command demo and JupyterLab ---------------------------------------------------------
-# `make demo`: venv (install), the sample if missing, then the notebooks 00 -> 06 into runs/.
+# `make demo`: venv (install), the sample (and its packed store) if missing, then notebooks 00 -> 06.
 # Same as `flairlab run pipelines/demo.yaml`; `python -m flairlab.runs.runner` only imports the runner
 # (~150 MB instead of ~450 MB for the whole CLI), which matters for the 2 GB demo budget.
 RUNS     ?= runs
@@ -37,12 +37,22 @@ PIPELINE ?= pipelines/demo.yaml
 
 sample: $(STAMP)
 	$(BIN)/python -c "from flairlab.data.sample import ensure_sample; print('sample:', ensure_sample())"
+	$(BIN)/python -c "from flairlab.data.sources import ensure_source; print('store:', ensure_source('sample_store'))"
 
 demo: sample
 	$(BIN)/python -m flairlab.runs.runner $(PIPELINE) --runs-dir $(RUNS)
 
 # JupyterLab in the project's environment (ipywidgets, bokeh and leaflet front-ends are prebuilt);
-# extra options via LAB_ARGS, e.g. `make lab LAB_ARGS="--no-browser --port 8889"`
+# offline: no news feed, no update check (both fetch from the internet); runs/ is in its file browser.
+# Extra options via LAB_ARGS, e.g. `make lab LAB_ARGS="--no-browser --port 8889"`
 LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
+LAB_OFFLINE := --LabApp.news_url= --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate
 lab: sample
-	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) $(LAB_ARGS) notebooks/00_getting_started.ipynb
+	$(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) $(LAB_OFFLINE) $(LAB_ARGS) \
+	  notebooks/00_getting_started.ipynb
+
+# -- GPU ---------------------------------------------------------------------------------------
+# `make gpu-check`: the one-call GPU check (benchmarks/gpu_check.sh; README "Running on a GPU"):
+# CLI smoke runs on CUDA, DDP when > 1 GPU, bench_gpu (MFU table). Without CUDA it says so, exit 0.
+gpu-check:
+	PYTHON=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) bash benchmarks/gpu_check.sh

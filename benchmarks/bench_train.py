@@ -5,7 +5,8 @@ the peak RSS belongs to that configuration alone), measured side by side in one 
 
 * the fp32 (and bf16) matmul rate of a 2048² GEMM — the machine's practical peak;
 * a full training step (masking, forward, backward, fused AdamW) in fp32 and under bf16 autocast:
-  FLOPs counted by `torch.utils.flop_counter` (matmuls, convolutions, attention), step time,
+  model FLOPs from the per-layer count of `flairlab.models.flops` (matmuls, convolutions,
+  attention; torch's FlopCounterMode misses the CPU flash-attention kernel), step time,
   samples/s; peak resident memory.
 
 Prints achieved-FLOP/s ÷ fp32-matmul-rate (goal ≥ 0.7) and bf16/fp32 step time (goal ≤ 0.6 on
@@ -30,8 +31,8 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from flairlab.models.flops import pretrain_flops
 from flairlab.models.mae import MAE
 from flairlab.models.mae_config import MAEConfig, flair_modalities
 from flairlab.training.pretrain import cpu_supports_bf16
@@ -77,15 +78,14 @@ def time_steps(model: MAE, batch: dict, opt, bf16: bool, steps: int) -> tuple[fl
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()  # warm-up + FLOP count
+    step()  # warm-up
     times = []
     for _ in range(steps):
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2], float(counter.get_total_flops())
+    B = next(iter(batch.values())).shape[0]
+    return sorted(times)[len(times) // 2], float(pretrain_flops(model.config, B).total)
 
 
 def one(size: str, geom: str, B: int, steps: int) -> dict:

@@ -32,6 +32,7 @@ _API: dict[str, str] = {
     "open_patch": "flairlab.data.reader",
     "read_dates": "flairlab.data.reader",
     "read_raster": "flairlab.data.reader",
+    "load_pretrained": "flairlab.models.pretrained",
 }
 __all__ = sorted(_API)
 __version__ = "0.1.0"

@@ -22,7 +22,8 @@
 
 # %% tags=["parameters"]
 source: str = "sample"  # catalog source name (data_catalog.yaml `sources`) or a dataset folder
-sample_patches: int = 40  # patches to generate when the sample is missing
+sample_patches: int = 40  # toy patches to generate when the sample is missing
+sample_zone: int = 4  # and a zone of N x N contiguous extra patches (0: none)
 split: str = ""  # train, valid or test; "" for every patch
 n_patches: int = 0  # random subset of patches; 0 for all
 workers: int = 2  # processes for the statistics; 0 runs serially in this kernel
@@ -33,15 +34,15 @@ interactive: bool = True  # bokeh plots (False: the static PNG twins)
 
 # %%
 # %matplotlib inline
-import holoviews as hv
-
 from flairlab.data.catalog import load_catalog
+from flairlab.data.index import index_summary
 from flairlab.data.results import save_figure, save_results
 from flairlab.explore.browser import plot_patch
+from flairlab.explore.display import setup_plots
 from flairlab.explore.plots import class_table, modality_table, plot_overview
 from flairlab.explore.scale import compute_stats, resolve_root, select_patches
 
-hv.extension('bokeh', logo=False, inline=True)
+setup_plots(interactive)  # bokeh, offline (BokehJS inlined once); nothing to load when static
 cat = load_catalog()
 
 # %% [markdown]
@@ -63,14 +64,15 @@ class_table('cosia', cat)
 # %% [markdown]
 # ## Where the data lives
 #
-# A catalog source name (`sample`, `flairhub`) resolves through `data_catalog.yaml` (or its environment variable, e.g. `FLAIRHUB_ROOT`); any other value is taken as a folder. The sample is generated on first use.
+# A catalog source name (`sample`, `flairhub`) resolves through `data_catalog.yaml` (or its environment variable, e.g. `FLAIRHUB_ROOT`); any other value is taken as a folder. The sample is generated on first use: 40 patches of the official toy set plus a contiguous 4 × 4 zone (split `extra`) that notebook 05 maps. The index has one row per patch and one file path per modality; below, the first rows without the paths.
 
 # %%
-root = resolve_root(source, sample_patches=sample_patches, catalog=cat)
+root = resolve_root(source, sample_patches=sample_patches, sample_zone=sample_zone,
+                    catalog=cat)
 index = select_patches(source, split=split or None, n_patches=n_patches or None,
                        seed=seed, catalog=cat)
 print(f'{root}: {len(index)} patches')
-index.head()
+index_summary(index)
 
 # %% [markdown]
 # ## Dataset overview
@@ -98,7 +100,7 @@ fig
 # %%
 cosia = counts.class_counts['cosia'].to_frame(cat.nomenclature('cosia').names)
 share = cosia.groupby('class_name', sort=False)['pixels'].sum()
-save_results(output_dir, {
+results_file = save_results(output_dir, {
     'root': str(root),
     'n_patches': len(index),
     'domains': sorted(index['domain'].unique()),

@@ -16,7 +16,7 @@
 # %% [markdown]
 # # 01 · Exploring the modalities
 #
-# A **patch browser** (pick a domain, ROI and patch; slide through the Sentinel dates), then two views of the time series over many patches: **temporal profiles** per COSIA class (NDVI from Sentinel-2, VV and VH backscatter from Sentinel-1) and **Sentinel-2 snow/cloud statistics** per acquisition date.
+# A **patch browser** (pick a domain, ROI and patch; slide through the Sentinel dates), then two views of the time series over many patches: **temporal profiles** per COSIA class (NDVI from Sentinel-2, VV and VH backscatter from Sentinel-1) and **Sentinel-2 snow/cloud statistics** per month of the year.
 #
 # Profiles are medians and quartiles per class and period read from fixed-bin histograms, so that partial results from many workers merge exactly (each value is within one bin of the true order statistic: 0.02 NDVI, 0.5 dB). Each S2/S1 pixel takes the majority COSIA class of the 0.2 m pixels it covers; cloudy or snowy S2 pixels are left out of the NDVI profile.
 
@@ -39,15 +39,14 @@ interactive: bool = True  # bokeh plots (False: the static PNG twins)
 # %matplotlib inline
 from pathlib import Path
 
-import holoviews as hv
-
 from flairlab.data.catalog import load_catalog
 from flairlab.data.results import save_figure, save_results
 from flairlab.explore.browser import PatchBrowser, plot_patch
+from flairlab.explore.display import setup_plots
 from flairlab.explore.scale import compute_stats, select_patches
 from flairlab.explore.ts_plots import plot_clouds, plot_profiles
 
-hv.extension('bokeh', logo=False, inline=True)
+setup_plots(interactive)  # bokeh, offline (BokehJS inlined once); nothing to load when static
 Path(output_dir).mkdir(parents=True, exist_ok=True)
 cat = load_catalog()
 index = select_patches(source, split=split or None, n_patches=n_patches or None,
@@ -57,7 +56,7 @@ print(f"{len(index)} patches in {index['domain'].nunique()} domains")
 # %% [markdown]
 # ## Patch browser
 #
-# Aerial RGB and false-colour infrared (NIR-R-G), height above ground (DSM − DTM), SPOT, Sentinel-2 true colour with its snow/cloud mask, Sentinel-1 (R = VV, G = VH, B = VV − VH, in dB), the 1950s photo, and the COSIA and LPIS labels in their official colours. The widgets need a live kernel; the static figure below is the same patch for readers of the saved notebook.
+# Aerial RGB and false-colour infrared (NIR-R-G), height above ground (DSM − DTM), SPOT, Sentinel-2 true colour and its snow/cloud mask (red = cloud, blue = snow over the dimmed image), Sentinel-1 (R = VV, G = VH, B = VV − VH, in dB), the 1950s photo, and the COSIA and LPIS labels in their official colours. The date sliders show acquisition dates. Changing the patch or the date needs a live kernel; the static figure below is the same patch for readers of the saved notebook.
 
 # %%
 first = patch_id or index.index[0]
@@ -85,7 +84,7 @@ profiles.head()
 # %% [markdown]
 # ## NDVI per class
 #
-# The six classes with the most pixels (line: median; band: interquartile range).
+# The six classes with the most pixels (line: median; band: interquartile range), per month of the year with every year pooled (`period = "date"` for the dates themselves).
 
 # %%
 plot_profiles(stats, 'ndvi', min_pixels=min_pixels, output_dir=output_dir,
@@ -105,13 +104,13 @@ plot_profiles(stats, 's1_asc_vh', min_pixels=min_pixels, output_dir=output_dir,
 # %% [markdown]
 # ## Sentinel-2 snow and clouds
 #
-# Per acquisition date: the share of cloudy and snowy pixels and the share of patches for which that date is *clean* (≥ 95 % of pixels below both thresholds: the official loader's rule); right, how cloudy each patch-date is.
+# Per month of the year (all years and patches pooled): the share of cloudy and of snowy pixels, and the share of acquisitions that are *clean* (≥ 95 % of pixels below both thresholds: the official loader's rule); under each month, how many patch acquisitions it holds. Right: how cloudy each acquisition is — mostly all or nothing.
 
 # %%
 plot_clouds(stats, output_dir=output_dir, interactive=interactive)
 
 # %%
-save_results(output_dir, {
+results_file = save_results(output_dir, {
     'n_patches': stats.n_patches,
     'browser_patch': first,
     'period': period,

@@ -38,7 +38,6 @@ interactive: bool = True  # bokeh plots (False: the static PNG twins)
 # %matplotlib inline
 from pathlib import Path
 
-import holoviews as hv
 from IPython.display import display
 
 from flairlab.data.catalog import load_catalog
@@ -47,12 +46,14 @@ from flairlab.explore.bandgroups import (
     compare_groups,
     discover_groups,
     norm_entries,
+    norm_table,
     save_norm_file,
 )
+from flairlab.explore.display import setup_plots
 from flairlab.explore.plots import plot_band_groups, plot_correlation, plot_histograms
 from flairlab.explore.scale import IMAGE_MODALITIES, compute_stats, select_patches
 
-hv.extension('bokeh', logo=False, inline=True)
+setup_plots(interactive)  # bokeh, offline (BokehJS inlined once); nothing to load when static
 Path(output_dir).mkdir(parents=True, exist_ok=True)
 cat = load_catalog()
 index = select_patches(source, split=split or None, n_patches=n_patches or None,
@@ -122,16 +123,17 @@ for name in ('AERIAL_RGBI', 'SPOT_RGBI', 'SENTINEL2_TS', 'SENTINEL1-ASC_TS'):
 # %% [markdown]
 # ## Normalisation statistics for pretraining
 #
-# Per band mean and std in the statistics' space and after the catalog scaling the model applies (`scaled_mean` / `scaled_std`), with the discovered groups and MAESTRO's. Format: `flairlab.explore.bandgroups` docstring; read it back with `load_norm_file`.
+# Per band mean and std in the statistics' space and after the catalog scaling the model applies (`scaled_mean` / `scaled_std`), with the discovered group of each band (the file also keeps MAESTRO's groups). Format: `flairlab.explore.bandgroups` docstring; read it back with `load_norm_file`.
 
 # %%
 entries = norm_entries(stats, groups, min_corr, catalog=cat)
 path = save_norm_file(Path(output_dir) / norm_file, entries, source=source,
                       n_patches=stats.n_patches, overwrite=True)
-print(path.read_text()[:1500])
+print(f'{path.name}: {len(entries)} modalities, written to the output folder')
+norm_table(entries).round(4)
 
 # %%
-save_results(output_dir, {
+results_file = save_results(output_dir, {
     'n_patches': stats.n_patches,
     'split': split,
     'min_corr': min_corr,

@@ -47,7 +47,7 @@ resume: bool = False  # continue the run found in output_dir (a finished run is 
 n_show: int = 2  # validation patches shown as reconstructions
 seed: int = 0  # weights, data order and masks
 output_dir: str = "outputs/03_pretrain_mae"  # the run: checkpoints/, metrics, results.json
-source: str = "sample"  # catalog source name (or a dataset folder)
+source: str = "sample"  # catalog source name (e.g. sample_store), dataset folder or packed store
 
 
 # %%

@@ -24,8 +24,23 @@
 #
 # **The floor.** Next to the model, a per-pixel logistic regression is fitted on the same training pixels from the same inputs (every modality, date and band resampled to the label grid, no spatial context). A model that does not beat it has learned nothing a pixel's own colour, height and time series do not already say.
 
+# %% [markdown]
+# ### Starting from IGN's released MAESTRO weights: what you need
+#
+# `checkpoint = "IGNF/MAESTRO_FLAIR-HUB_base"` fine-tunes MAESTRO base (medium, inter-group: 279 M encoder parameters, 336 M with the unused decoder and the head) pre-trained by IGN on FLAIR-HUB. The first run downloads it with `huggingface_hub` into the Hugging Face cache, checks its hash and converts it once to flairlab's format; later runs work offline (`HF_HUB_OFFLINE=1`). The same string works for `flairlab finetune --checkpoint`, and a reference `.ckpt` file can be given instead. The checkpoint fixes the architecture and patch sizes; `image_size` / `n_dates` may change the geometry (IGN's: aerial and DEM 512 px, 16 S2 and 4 + 4 S1 dates; leave them empty to keep it).
+#
+# Estimates at IGN's geometry with `device = "cuda"` and bf16 autocast — model FLOPs per step from `flairlab.models.flops`, compute time at 35 % of the GPU's bf16 peak, memory = fp32 weights + gradients + AdamW + EMA + activations (`flairlab.training.requirements`; `finetune_requirements(cfg)` gives the table for any configuration):
+#
+# | | batch 32 | batch 8 |
+# |---|---|---|
+# | GPU memory | ≈ 30 GB (40 / 80 GB A100, H100) | ≈ 12 GB (16–24 GB GPUs) |
+# | fine-tuning FLOPs per patch (forward + backward) | 1.38 TFLOP | 1.38 TFLOP |
+# | one epoch of 10 000 patches, compute only | H100 ≈ 40 s, A100 ≈ 2.1 min | A100 ≈ 2.1 min, L4 ≈ 5.4 min |
+#
+# Reading FLAIR-HUB (about 10 files per patch) is usually slower than this: use `num_workers`. On CPU, the defaults below (aerial 128 px, 4 S2 and 2 + 2 S1 dates) bring the base model to ≈ 150 GFLOP per patch and step — a smoke run with `batch_size = 2`, `probe_steps = 1` and `finetune_steps = 2`; inference alone at IGN's geometry costs ≈ 460 GFLOP per patch, ≈ 5 s on one core here (≈ 77 GFLOP/s, fp32).
+
 # %% tags=["parameters"]
-checkpoint: str = ""  # pre-training checkpoint (.safetensors or run folder); empty: from scratch
+checkpoint: str = ""  # pre-training run / .safetensors, a reference .ckpt, or a Hub name (IGNF/MAESTRO_FLAIR-HUB_base); empty: from scratch
 task: str = "cosia"  # cosia (land cover, 15 classes) or lpis (crops, LPIS level 1)
 modalities: str = "aerial,dem,s2,s1_asc,s1_desc"  # comma-separated model inputs
 label_fraction: float = 1.0  # share of the labelled training patches (stratified, reproducible)
@@ -45,12 +60,13 @@ n_dates: str = "s2:4,s1_asc:2,s1_desc:2"  # dates per series; empty: checkpoint 
 label_size: int = 128  # label px per side; 512 is the native 0.2 m
 baseline: bool = True  # fit the per-pixel logistic-regression floor on the same training pixels
 precision: str = "auto"  # auto (the faster of fp32 / bf16, measured), 32-true or bf16-mixed
-threads: int = 0  # torch CPU threads; 0: all usable cores
+threads: int = 0  # torch CPU threads; 0: the free cores (quota minus other running jobs)
 n_show: int = 3  # test patches shown next to their ground truth
 seed: int = 0  # weights, data order, augmentation and label subset
 device: str = "auto"  # auto, cpu or cuda
 output_dir: str = "outputs/04_finetune"  # results.json, figures/, finetuned.safetensors
-source: str = "sample"  # catalog source name (or a dataset folder)
+overwrite: bool = False  # write into a non-empty output_dir (an earlier run's files are replaced)
+source: str = "sample"  # catalog source name (e.g. sample_store), dataset folder or packed store
 
 
 # %%
@@ -88,7 +104,7 @@ cfg
 # A progress bar per phase; the validation mIoU is checked every `eval_every` steps (EMA weights during fine-tuning), the test split once at the end, then the floor is fitted.
 
 # %%
-results = run_finetune(cfg, output_dir)
+results = run_finetune(cfg, output_dir, overwrite=overwrite)
 print(f"{results['n_train_patches']} of {results['n_train_total']} training patches, "
       f"{results['steps']['total']} optimiser steps ({results['precision']}, "
       f"{results['threads']} threads): test mIoU {results['test_miou']:.3f}, OA {results['test_oa']:.3f}")

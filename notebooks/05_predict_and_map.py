@@ -34,6 +34,7 @@ basemap: str = ""  # e.g. OpenStreetMap (needs internet), empty: none, fully off
 device: str = "auto"  # auto, cpu or cuda
 seed: int = 0  # initialisation of a fresh model
 output_dir: str = "outputs/05_predict_and_map"  # GeoTIFFs, HTML maps, results.json, figures/
+overwrite: bool = False  # write into a non-empty output_dir (an earlier run's files are replaced)
 source: str = "sample"  # catalog source name (or a dataset folder)
 
 
@@ -48,7 +49,7 @@ from flairlab.data.catalog import load_catalog
 from flairlab.data.dataset import dataset_index
 from flairlab.data.results import save_figure, save_results
 from flairlab.maps.html_map import export_html
-from flairlab.maps.leaflet import interactive_map, plot_zone, zone_overlays
+from flairlab.maps.leaflet import interactive_map, plot_zone, zone_info, zone_overlays
 from flairlab.maps.predict import load_segmentation_model, predict, select_patches
 
 cat = load_catalog()
@@ -81,7 +82,8 @@ model_modalities
 
 # %%
 results = predict(predict_fn, root, patch_ids, output_dir, modalities=model_modalities,
-                  batch_size=batch_size, blend=blend, probabilities=probabilities)
+                  batch_size=batch_size, blend=blend, probabilities=probabilities,
+                  overwrite=overwrite)
 table = pd.DataFrame([{
     'zone': r.zone, 'patches': len(r.patch_ids), 'prediction': r.prediction.name,
     'OA': r.metrics.get('oa'), 'mIoU': r.metrics.get('miou'),
@@ -91,7 +93,7 @@ table
 # %% [markdown]
 # ## The zone on a map
 #
-# The largest zone. Toggle layers and change their opacity (top right); drag the divider to compare the prediction (left) with the ground truth (right). The error layer (hidden at first) shows wrong pixels in red.
+# The largest zone. Toggle layers and change their opacity (top right); drag the divider to compare the prediction (left) with the ground truth (right), both drawn over the aerial image. The error layer (hidden at first) shows wrong pixels in red.
 
 # %%
 main = max(results, key=lambda r: len(r.patch_ids))
@@ -102,13 +104,15 @@ m
 # %% [markdown]
 # ## Offline HTML export
 #
-# One self-contained page per zone (Leaflet, the split control and the images are inside the file); it opens in any browser without network.
+# One self-contained page per zone (Leaflet, the split control and the images are inside the file); it opens in any browser without network, fitted to the zone, with the zone, the model and its scores in a title box.
 
 # %%
 html_files = {}
 for r in results:
     ovs = overlays if r is main else zone_overlays(r, max_pixels=max_overlay_pixels)
-    html_files[r.zone] = export_html(ovs, Path(output_dir) / f'{r.zone}_map.html')
+    heading, info = zone_info(r, checkpoint, model_modalities)
+    html_files[r.zone] = export_html(ovs, Path(output_dir) / f'{r.zone}_map.html',
+                                     heading=heading, info=info)
 {z: f'{p.name}: {p.stat().st_size / 1e3:.0f} kB' for z, p in html_files.items()}
 
 # %% [markdown]

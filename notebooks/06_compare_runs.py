@@ -51,7 +51,7 @@ if pipeline:
     runs = runs[runs['pipeline'] == pipeline]
 for reason in runs.attrs.get('skipped', []):
     print('skipped:', reason)
-overview = compare.run_overview(runs)
+overview = compare.run_overview(runs, current=output_dir)  # this run: "in progress"
 print(f'{len(overview)} runs in {runs_dir}')
 overview.tail(20)
 
@@ -110,7 +110,7 @@ by_method = compare.compare_factor(
 by_method
 
 # %%
-save_results(output_dir, {
+results_file = save_results(output_dir, {
     'n_runs': len(overview),
     'n_finetune_results': len(ft),
     'metric': metric,

@@ -1,12 +1,19 @@
 """JupyterLab for real: start a server on loopback, open a notebook in headless Chromium
 (Playwright driving Debian's /usr/bin/chromium, no browser download), run it, and check that the
 ipywidgets, the bokeh plot and the leaflet map render — nothing fetched from the internet.
+
+Executed runs too: `flairlab run` output (signed with the lab user's secret) opened as it is — no
+kernel run, no "Trust Notebook" — shows its bokeh plots, the patch browser and the map; the same
+notebook altered (so its signature no longer holds) shows the PNG twins instead; no page (a
+notebook or an exported map) requests anything from outside the machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -16,6 +23,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
@@ -42,8 +50,8 @@ pytestmark = pytest.mark.slow
 SMOKE_CELLS = [
     "# ipywidgets\nimport ipywidgets as widgets\n"
     "slider = widgets.IntSlider(value=3, min=0, max=10, description='lab smoke')\nslider",
-    "# a bokeh plot through HoloViews (BokehJS inlined: works offline)\nimport holoviews as hv\n"
-    "hv.extension('bokeh', logo=False, inline=True)\n"
+    "# a bokeh plot through HoloViews (BokehJS and panel's CSS inlined: works offline)\n"
+    "from flairlab.explore.display import load_bokeh\nhv = load_bokeh()\n"
     "hv.Curve([(0, 0), (1, 2), (2, 1)], label='lab smoke').opts(width=320, height=200)",
     "# the leaflet map of flairlab.maps.leaflet (data-URL overlays, split view, legend)\n"
     "import numpy as np\nfrom flairlab.maps.leaflet import Overlay, interactive_map\n"
@@ -143,64 +151,87 @@ def _tail(path: Path, n: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
 
 
-def run_in_lab(url: str, root: Path, name: str, shot: Path) -> dict:
-    """Open `name` in JupyterLab, run all cells, save; return DOM counts, texts and console."""
+LOCAL_URL = ("http://127.0.0.1:", "ws://127.0.0.1:", "file://", "data:", "blob:", "about:")
+
+
+def external(urls: list[str]) -> list[str]:
+    """The URLs that would leave the machine (anything but loopback, files and inline data)."""
+    return [u[:160] for u in urls if not u.startswith(LOCAL_URL)]
+
+
+def watch(page, console: list[str], failed: list[str], requests: list[str]) -> None:
+    """Record console messages, failed requests and every request or websocket of `page`."""
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    page.on("requestfailed", lambda r: failed.append(r.url[:120]))
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("websocket", lambda w: requests.append(w.url))
+
+
+@contextlib.contextmanager
+def lab_page(url: str, name: str) -> Iterator[tuple[Any, dict[str, list[str]]]]:
+    """Headless Chromium showing notebook `name` in JupyterLab: yields the page and its log
+    (`console`, `failed` requests, every `requests` URL and websocket)."""
     from playwright.sync_api import sync_playwright
 
-    console: list[str] = []
-    failed: list[str] = []
+    log: dict[str, list[str]] = {"console": [], "failed": [], "requests": []}
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox", "--disable-gpu"]
         )
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1400})
-            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-            page.on("requestfailed", lambda r: failed.append(r.url[:120]))
+            watch(page, log["console"], log["failed"], log["requests"])
             page.goto(url.format(path=name), wait_until="domcontentloaded", timeout=90_000)
-            # the panel of *this* notebook (the workspace may restore earlier ones)
-            find = (
-                "[...(window.jupyterapp?.shell.widgets('main') ?? [])]"
-                ".find(w => w.context?.path === n)"
-            )
-            page.wait_for_function(
-                f"(n) => !!{find}?.sessionContext?.session?.kernel", arg=name, timeout=90_000
-            )
-            page.evaluate(
-                f"async (n) => {{ const w = {find}; await w.sessionContext.ready;"
-                " window.jupyterapp.shell.activateById(w.id);"
-                " await window.jupyterapp.commands.execute('notebook:run-all-cells'); }",
-                name,
-            )
-            page.wait_for_function(
-                f"(n) => {{ const w = {find};"
-                " const ps = [...w.node.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];"
-                " return w.sessionContext.session?.kernel?.status === 'idle'"
-                "   && ps.length > 0 && ps.every(e => /\\[\\d+\\]/.test(e.textContent)); }",
-                arg=name,
-                timeout=240_000,
-            )
-            page.wait_for_timeout(2500)  # let widget views and BokehJS finish rendering
-            page.evaluate(f"async (n) => {{ await {find}.context.save(); }}", name)
-            result = {
-                "sliders": page.locator(".jp-OutputArea-output .widget-slider").count(),
-                "widgets": page.locator(".jp-OutputArea-output .jupyter-widgets").count(),
-                "bokeh_roots": page.locator(".jp-OutputArea-output .bk-Figure").count(),
-                "bokeh_canvas": page.locator(".jp-OutputArea-output .bk-Figure canvas").count(),
-                "leaflet": page.locator(".jp-OutputArea-output .leaflet-container").count(),
-                "overlays": page.evaluate(
-                    "() => [...document.querySelectorAll('img.leaflet-image-layer')]"
-                    ".map(i => i.complete && i.naturalWidth > 0)"
-                ),
-                "legend": page.locator(".leaflet-control").filter(has_text="Classes").count(),
-                "split": page.locator(".leaflet-sbs-divider").count(),
-                "text": page.locator(".jp-NotebookPanel").inner_text(),
-            }
-            page.screenshot(path=str(shot), full_page=True)
+            yield page, log
         finally:
             browser.close()
-    result["console"] = console
-    result["failed_requests"] = failed
+
+
+def run_in_lab(url: str, root: Path, name: str, shot: Path) -> dict:
+    """Open `name` in JupyterLab, run all cells, save; return DOM counts, texts and console."""
+    with lab_page(url, name) as (page, log):
+        # the panel of *this* notebook (the workspace may restore earlier ones)
+        find = (
+            "[...(window.jupyterapp?.shell.widgets('main') ?? [])]"
+            ".find(w => w.context?.path === n)"
+        )
+        page.wait_for_function(
+            f"(n) => !!{find}?.sessionContext?.session?.kernel", arg=name, timeout=90_000
+        )
+        page.evaluate(
+            f"async (n) => {{ const w = {find}; await w.sessionContext.ready;"
+            " window.jupyterapp.shell.activateById(w.id);"
+            " await window.jupyterapp.commands.execute('notebook:run-all-cells'); }",
+            name,
+        )
+        page.wait_for_function(
+            f"(n) => {{ const w = {find};"
+            " const ps = [...w.node.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')];"
+            " return w.sessionContext.session?.kernel?.status === 'idle'"
+            "   && ps.length > 0 && ps.every(e => /\\[\\d+\\]/.test(e.textContent)); }",
+            arg=name,
+            timeout=240_000,
+        )
+        page.wait_for_timeout(2500)  # let widget views and BokehJS finish rendering
+        page.evaluate(f"async (n) => {{ await {find}.context.save(); }}", name)
+        result = {
+            "sliders": page.locator(".jp-OutputArea-output .widget-slider").count(),
+            "widgets": page.locator(".jp-OutputArea-output .jupyter-widgets").count(),
+            "bokeh_roots": page.locator(".jp-OutputArea-output .bk-Figure").count(),
+            "bokeh_canvas": page.locator(".jp-OutputArea-output .bk-Figure canvas").count(),
+            "leaflet": page.locator(".jp-OutputArea-output .leaflet-container").count(),
+            "overlays": page.evaluate(
+                "() => [...document.querySelectorAll('img.leaflet-image-layer')]"
+                ".map(i => i.complete && i.naturalWidth > 0)"
+            ),
+            "legend": page.locator(".leaflet-control").filter(has_text="Classes").count(),
+            "split": page.locator(".leaflet-sbs-divider").count(),
+            "text": page.locator(".jp-NotebookPanel").inner_text(),
+        }
+        page.screenshot(path=str(shot), full_page=True)
+    result["console"] = log["console"]
+    result["failed_requests"] = log["failed"]
+    result["external_requests"] = external(log["requests"])
     return result
 
 
@@ -252,6 +283,7 @@ def test_notebook_renders_in_jupyterlab(lab, tmp_path: Path, name: str) -> None:
     assert not found, f"error messages on the page: {found}\n{info}"
     bad_console = [m for m in res["console"] if any(e in m for e in CONSOLE_ERRORS)]
     assert not bad_console, f"front-end errors: {bad_console}"
+    assert not res["external_requests"], f"requests leaving the machine: {res['external_requests']}"
     missing = {k: (res[k], n) for k, n in needs.items() if res[k] < n}
     assert not missing, f"missing on the page (found, needed): {missing}\n{info}"
     assert res["overlays_ok"], f"an image overlay did not decode\n{info}"
@@ -267,3 +299,134 @@ def test_notebook_renders_in_jupyterlab(lab, tmp_path: Path, name: str) -> None:
         assert any("holoviews" in m or "bokeh" in m for m in mimes), mimes
     if os.environ.get("FLAIRLAB_KEEP_SCREENSHOT"):
         shutil.copy(tmp_path / "lab.png", f"{os.environ['FLAIRLAB_KEEP_SCREENSHOT']}_{name}.png")
+
+
+# -- executed runs, opened as they are ------------------------------------------------------------
+RUN_STEPS = {  # notebook -> quick parameters (interactive: bokeh plots, the browser, the map)
+    "01_explore_modalities": {"n_patches": 6, "workers": 0, "interactive": True},
+    "05_predict_and_map": {"zone": "D068-2021_UU-S1-2", "device": "cpu", "checkpoint": ""},
+}
+# what an opened executed notebook must show (found >= needed), and what it must not show
+OPENED_NEEDS = {
+    "01_explore_modalities": {"bokeh_canvas": 4, "widgets": 1, "browser_images": 11},
+    "05_predict_and_map": {"leaflet": 1, "overlays": 2, "legend": 1, "split": 1},
+}
+RAW_REPRS = ("VBox(children=", "Map(center=")  # widget reprs instead of widgets
+FIRST_FRAME = re.compile(r"(?<![\d.])0%\|")  # a progress bar saved at its first frame
+
+
+@pytest.fixture(scope="module")
+def executed_run(lab, sample_root: Path) -> Path:
+    """`flairlab run` of 01 and 05 into the lab's root, signed with the lab user's secret."""
+    from flairlab.runs.runner import run_pipeline
+
+    _, root = lab
+    steps = "".join(
+        f"  - notebook: {nb}.ipynb\n    parameters: {json.dumps(params)}\n"
+        for nb, params in RUN_STEPS.items()
+    )
+    pipe = root / "lab_run.yaml"
+    pipe.write_text(f"name: lab\nnotebooks_dir: {ROOT / 'notebooks'}\nsteps:\n{steps}")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JUPYTER_DATA_DIR", str(root.parent / "home" / "data"))  # the lab's secret
+        mp.setenv("FLAIRLAB_SAMPLE_ROOT", str(sample_root))
+        (res,) = run_pipeline(pipe, None, root / "runs")
+    assert res.status == "ok", json.loads((res.run_dir / "status.json").read_text())["error"]
+    return res.run_dir
+
+
+def keep(shot: Path, name: str) -> None:
+    """Copy a screenshot to `$FLAIRLAB_KEEP_SCREENSHOT_<name>.png` when that variable is set."""
+    if os.environ.get("FLAIRLAB_KEEP_SCREENSHOT"):
+        shutil.copy(shot, f"{os.environ['FLAIRLAB_KEEP_SCREENSHOT']}_{name}.png")
+
+
+def open_in_lab(url: str, name: str, needs: dict[str, int], shot: Path) -> dict:
+    """Open `name` in JupyterLab without running anything; wait (up to 90 s) until `needs` are
+    on the page; return DOM counts, the page text, console and every request made."""
+    counts = {
+        "bokeh_canvas": ".jp-OutputArea-output .bk-Figure canvas",
+        "widgets": ".jp-OutputArea-output .jupyter-widgets",
+        "browser_images": ".jp-OutputArea-output .widget-image",
+        "leaflet": ".jp-OutputArea-output .leaflet-container",
+        "overlays": "img.leaflet-image-layer",
+        "split": ".leaflet-sbs-divider",
+        "static_twins": ".jp-OutputArea-output .flairlab-static-twin img",
+        "images": ".jp-OutputArea-output img",
+    }
+    with lab_page(url, name) as (page, log):
+        page.wait_for_selector(".jp-Notebook .jp-OutputArea-output", state="attached",
+                               timeout=90_000)
+        deadline = time.monotonic() + 90
+        while True:
+            found = {k: page.locator(sel).count() for k, sel in counts.items()}
+            legend = page.locator(".leaflet-control").filter(has_text="Classes")
+            found["legend"] = legend.count()
+            if all(found[k] >= n for k, n in needs.items()) or time.monotonic() > deadline:
+                break
+            page.wait_for_timeout(1000)
+        page.wait_for_timeout(1500)
+        found["text"] = page.locator(".jp-NotebookPanel").inner_text()
+        page.screenshot(path=str(shot), full_page=True)
+    return {**found, "console": log["console"], "failed_requests": log["failed"],
+            "external_requests": external(log["requests"])}  # fmt: skip
+
+
+@pytest.mark.parametrize("step", list(RUN_STEPS))
+def test_executed_run_renders_as_opened(lab, executed_run: Path, tmp_path: Path, step: str) -> None:
+    """No kernel run, no "Trust Notebook": the saved plots, widgets and map render."""
+    url, root = lab
+    name = (executed_run / f"{step}.ipynb").relative_to(root).as_posix()
+    needs = OPENED_NEEDS[step]
+    res = open_in_lab(url, name, needs, tmp_path / "opened.png")
+    info = json.dumps({k: v for k, v in res.items() if k != "text"}, indent=1)[:3000]
+    missing = {k: (res[k], n) for k, n in needs.items() if res[k] < n}
+    assert not missing, f"not rendered (found, needed): {missing}\n{info}"
+    raw = [r for r in RAW_REPRS if r in res["text"]] + FIRST_FRAME.findall(res["text"])
+    assert not raw, f"text stand-ins instead of widgets or finished bars: {raw}\n{info}"
+    assert res["static_twins"] == 0, "PNG twins shown next to live bokeh plots"
+    assert not res["external_requests"], f"requests leaving the machine: {res['external_requests']}"
+    keep(tmp_path / "opened.png", f"run_{step}")
+
+
+def test_untrusted_copy_shows_the_png_twins(lab, executed_run: Path, tmp_path: Path) -> None:
+    """Someone else's copy (signature no longer valid): scripts stay off, the PNG twins show."""
+    url, root = lab
+    nb = nbformat.read(executed_run / "01_explore_modalities.ipynb", 4)
+    nb.cells[0].source += "\n\n(a copy edited elsewhere)"  # content changed: not trusted
+    nbformat.write(nb, executed_run / "01_copy.ipynb")
+    name = (executed_run / "01_copy.ipynb").relative_to(root).as_posix()
+    res = open_in_lab(url, name, {"static_twins": 4}, tmp_path / "untrusted.png")
+    assert res["static_twins"] >= 4 and res["bokeh_canvas"] == 0, {
+        k: v for k, v in res.items() if k != "text"}
+    assert not res["external_requests"], res["external_requests"]
+    keep(tmp_path / "untrusted.png", "untrusted")
+
+
+def test_exported_map_pages_load_nothing_from_outside(executed_run: Path, tmp_path: Path) -> None:
+    """The `*_map.html` pages of the run, opened from disk: title box, layers, no request out."""
+    from playwright.sync_api import sync_playwright
+
+    pages = sorted(executed_run.glob("05_predict_and_map/*_map.html"))
+    assert pages
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            for html in pages:
+                page = browser.new_page(viewport={"width": 1100, "height": 800})
+                console: list[str] = []
+                failed: list[str] = []
+                requests: list[str] = []
+                watch(page, console, failed, requests)
+                page.goto(html.as_uri(), wait_until="load")
+                page.wait_for_timeout(800)
+                assert not external(requests), external(requests)
+                assert not failed and not [m for m in console if m.startswith("error")], console
+                info = page.locator(".flairlab-info").inner_text()
+                assert html.name.removesuffix("_map.html") in info and "model" in info
+                assert page.title().startswith(html.name.removesuffix("_map.html"))
+                assert page.locator("img.leaflet-image-layer").count() >= 3
+                page.screenshot(path=str(tmp_path / f"{html.stem}.png"))
+                keep(tmp_path / f"{html.stem}.png", html.stem)
+        finally:
+            browser.close()

@@ -236,6 +236,54 @@ def test_big_zone_accumulates_on_disk(tmp_path: Path) -> None:
     assert list(tmp_path.glob(".mosaic-*")) == []
 
 
+def test_sparse_zone_memory_and_disk_follow_the_patches(tmp_path: Path) -> None:
+    """Two adjacent patches and one 11 patches away: a 6144 x 6144 px zone whose float
+    accumulators would take 4 x 6144² x 4 B = 604 MB. Each connected group is mosaicked on its
+    own grid and the zone rasters are written window by window: Python-side allocations stay
+    small, nothing big lands on disk, and the rasters and metrics are those of the whole zone."""
+    import tracemalloc
+
+    from flairlab.maps.mosaic import patch_groups, zone_metrics
+
+    crs = rasterio.CRS.from_epsg(2154)
+    cells = {(1, 1): 0, (1, 2): 1, (12, 12): 3}  # (row, col) -> the class predicted there
+    geos = {f"{ZONE}_{r}-{c}": PatchGeo(from_origin(X0 + (c - 1) * S * RES,
+            Y0 - (r - 1) * S * RES, RES, RES), crs, S, S) for r, c in cells}  # fmt: skip
+    assert patch_groups(zone_grid(geos)) == [[f"{ZONE}_1-1", f"{ZONE}_1-2"], [f"{ZONE}_12-12"]]
+    labels = {}
+    for (r, c), k in cells.items():  # truth: the predicted class, except one wrong patch
+        lab = np.full((1, S, S), 2 if (r, c) == (1, 2) else k, np.uint8)
+        labels[f"{ZONE}_{r}-{c}"] = _write(tmp_path / f"lab_{r}_{c}.tif", lab,
+                                          geos[f"{ZONE}_{r}-{c}"].transform)  # fmt: skip
+    batches = [{"patch_id": [pid], "k": k} for pid, k in zip(geos, cells.values(), strict=True)]
+
+    def fn(b: dict) -> torch.Tensor:
+        out = torch.zeros(1, 4, S, S)
+        out[:, b["k"]] = 5.0
+        return out
+
+    out = tmp_path / "out"
+    tracemalloc.start()
+    res = predict_zone(fn, batches, geos, out, ZONE, labels=labels, probabilities=True)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 150e6, f"peak Python allocations {peak / 1e6:.0f} MB"  # the box: > 750 MB
+    files = {p.name: p.stat().st_size for p in out.iterdir()}
+    assert sorted(files) == [f"{ZONE}_{k}.tif" for k in ("error", "prediction", "probabilities",
+                                                          "truth")]  # fmt: skip
+    assert sum(files.values()) < 5e6, files  # no accumulator or temporary file left behind
+    with rasterio.open(res.prediction) as ds, rasterio.open(res.truth) as dt:
+        assert (ds.width, ds.height) == (12 * S, 12 * S) and ds.block_shapes[0] == (256, 256)
+        pred, truth = ds.read(1), dt.read(1)
+    expect = np.full(pred.shape, NODATA, np.uint8)
+    for (r, c), k in cells.items():
+        expect[(r - 1) * S : r * S, (c - 1) * S : c * S] = k
+    assert np.array_equal(pred, expect)
+    nom = load_catalog().nomenclature("cosia")
+    assert res.metrics == zone_metrics(pred, truth, nom)
+    assert res.metrics["n_evaluated_px"] == 3 * S * S and res.metrics["oa"] == pytest.approx(2 / 3)
+
+
 def test_bad_inputs_raise(zone_root: Path, tmp_path: Path) -> None:
     crs = rasterio.CRS.from_epsg(2154)
     off_grid = {
@@ -566,3 +614,21 @@ def test_predict_from_finetuned_checkpoint(tmp_path: Path) -> None:
         pred = src.read(1)
     assert pred.shape == (512, 1024) and (pred != NODATA).all() and pred.max() < 15
     assert res.metrics["n_evaluated_px"] > 0
+
+
+def test_html_title_box_shows_zone_model_metrics_escaped(zone_result: ZoneResult, tmp_path) -> None:
+    """The map page names the zone, the model and its scores; text is escaped, never run or
+    evaluated as a template (a hostile zone or checkpoint name stays text)."""
+    from flairlab.maps.html_map import export_html
+    from flairlab.maps.leaflet import zone_info, zone_overlays
+
+    heading, info = zone_info(zone_result, "runs/x/04_finetune/finetuned.safetensors", ["aerial"])
+    assert info["model"] == "04_finetune/finetuned.safetensors" and "OA" in info["metrics"]
+    assert "4 patches" in info["zone"] and " km (EPSG:2154)" in info["zone"]
+    info["note"] = "<script>alert(1)</script> {{ 7 * 7 }} {% if 1 %}x{% endif %}"
+    page = export_html(zone_overlays(zone_result), tmp_path / "m.html", heading=heading + " <b>",
+                       info=info).read_text(encoding="utf-8")  # fmt: skip
+    assert f"<title>{zone_result.zone}: prediction vs ground truth &lt;b&gt;</title>" in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; {{ 7 * 7 }} {% if 1 %}x{% endif %}" in page
+    assert "<script>alert(1)" not in page and "49" not in page.split("flairlab-info")[1][:600]
+    assert "04_finetune/finetuned.safetensors" in page

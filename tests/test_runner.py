@@ -393,3 +393,76 @@ def test_ctrl_c_stops_the_kernel_and_leaves_a_record(tmp_path: Path) -> None:
     assert status["status"] == "interrupted" and status["duration_s"] < 40
     assert [s["status"] for s in status["steps"]] == ["interrupted", "skipped"]
     assert status["error"]["cell_source"] == "import time\ntime.sleep(60)"
+
+
+def test_json_outputs_get_the_usual_permissions(tmp_path):
+    import stat
+
+    from flairlab.data.results import write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        path = write_json_atomic(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+# -- executed notebooks: readable as opened -------------------------------------------------------
+def _trusted(path: Path) -> bool:
+    from nbformat.sign import NotebookNotary
+
+    with NotebookNotary() as notary:  # the secret of $JUPYTER_DATA_DIR (tests/conftest.py)
+        return notary.check_signature(nbformat.read(path, 4))
+
+
+@pytest.mark.slow
+def test_executed_notebooks_are_finished_and_signed(tmp_path: Path) -> None:
+    """Runner output opens trusted (this user's secret), unpaired from jupytext, progress bars at
+    their end, BokehJS-like scripts stored once; `trust=False` leaves them unsigned."""
+    nb_path = write_nb(
+        tmp_path / "n.ipynb",
+        'output_dir: str = "outputs/n"  # out',
+        "from tqdm.auto import tqdm\ntotal = sum(tqdm(range(7), desc='counting'))",
+        "from IPython.display import publish_display_data\n"
+        "publish_display_data({'application/javascript': 'var loaded = 1;',\n"
+        "                      'application/vnd.holoviews_load.v0+json': 'var loaded = 1;'})",
+    )
+    nb = nbformat.read(nb_path, 4)
+    nb.metadata["jupytext"] = {"formats": "ipynb,py:percent"}
+    nbformat.write(nb, nb_path)
+    (tmp_path / "p.yaml").write_text("name: t\nnotebooks_dir: .\nsteps:\n  - notebook: n.ipynb\n")
+    (res,) = run_pipeline(tmp_path / "p.yaml", None, tmp_path / "runs")
+    executed = res.run_dir / "n.ipynb"
+    assert res.status == "ok" and _trusted(executed)
+    out = nbformat.read(executed, 4)
+    assert "formats" not in out.metadata.get("jupytext", {})
+    datas = [o.get("data", {}) for c in out.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [d for d in datas if "application/vnd.jupyter.widget-view+json" in d]
+    texts = [d["text/plain"] for d in datas if "counting" in d.get("text/plain", "")]
+    assert len(texts) == 1 and texts[0].startswith("counting: 100%|██████████| 7/7"), texts
+    scripts = [o["data"] for c in out.cells if c.cell_type == "code" for o in c.outputs
+               if "application/javascript" in o.get("data", {})]  # fmt: skip
+    assert scripts == [{"application/javascript": "var loaded = 1;"}]
+    assert _trusted(executed)  # still trusted after everything above was read
+    (res2,) = run_pipeline(tmp_path / "p.yaml", None, tmp_path / "runs", trust=False)
+    assert res2.status == "ok" and not _trusted(res2.run_dir / "n.ipynb")
+
+
+def test_progress_text_reads_the_saved_widget_state() -> None:
+    from flairlab.runs.notebooks import progress_text
+
+    def model(name: str, **state) -> dict:
+        return {"model_name": name, "state": state}
+
+    states = {
+        "box": model("HBoxModel", children=["IPY_MODEL_l", "IPY_MODEL_p", "IPY_MODEL_r"]),
+        "l": model("HTMLModel", value="band\u2007statistics:\u2007\u200750%"),
+        "p": model("FloatProgressModel", value=20.0, max=40.0, bar_style="danger"),
+        "r": model("HTMLModel", value="\u200720/40\u2007[00:02&lt;00:02,\u20079.9patch/s]"),
+        "other": model("VBoxModel", children=["IPY_MODEL_l"]),
+    }
+    assert progress_text(states, "box") == (
+        "band statistics:  50%|█████     | 20/40 [00:02<00:02, 9.9patch/s]"
+    )
+    assert progress_text(states, "other") is None and progress_text(states, "missing") is None

@@ -295,7 +295,8 @@ def test_cli_writes_sample_and_reports_errors(tmp_path: Path, sample_root: Path,
         args = parser.parse_args(argv)
         return args.func(args)
 
-    assert main(["sample", str(tmp_path / "s"), "--patches", "1", "--seed", "3", "--quiet"]) == 0
+    assert main(["sample", str(tmp_path / "s"), "--patches", "1", "--seed", "3", "--quiet",
+                 "--zone", "0"]) == 0  # fmt: skip
     assert "wrote 1 patches" in capsys.readouterr().out
     (tmp_path / "t").mkdir()
     (tmp_path / "t" / "x.txt").write_text("x")
@@ -453,3 +454,44 @@ def test_learnability_buildings_need_elevation(sample_root: Path) -> None:
     with_height = _nearest_centroid(X, y, train)
     print(f"building vs impervious: aerial only {spectral:.3f}, aerial + height {with_height:.3f}")
     assert with_height > 0.9 and with_height > spectral + 0.1
+
+
+# -- the contiguous zone of extra patches --------------------------------------------------------
+def test_zone_adds_contiguous_extra_patches_and_keeps_toy_files(
+    tmp_path: Path, sample_root: Path
+) -> None:
+    from flairlab.data.check import check_dataset
+    from flairlab.data.index import index_dataset, index_patches
+    from flairlab.data.sample import EXTRA_CSV, ZONE_ORIGIN, zone_patches
+
+    toy = load_toy_splits()
+    root = make_sample(tmp_path / "z", n_patches=2, seed=0, zone=3, workers=2, progress=False)
+    info = json.loads((root / MARKER).read_text())
+    extra = info["extra_patches"]
+    domain, roi, r0, c0 = ZONE_ORIGIN
+    block = {f"{domain}_{roi}_{r}-{c}" for r in range(r0, r0 + 3) for c in range(c0, c0 + 3)}
+    assert set(extra) == block - set(toy.index) and not set(extra) & set(toy.index)
+    assert list(zone_patches(toy, 3).index) == extra and len(extra) == 8  # (5, 10) is a toy id
+    assert len(info["patches"]) == 2 and info["zone"] == 3
+    # toy files are those of every other sample (process pool or not); extras are real patches
+    ref, got = _digest(sample_root), _digest(root)
+    assert all(ref[k] == v for k, v in got.items() if k.endswith(".tif") and k in ref)
+    assert sum(k.endswith(".tif") for k in got) == 10 * (2 + len(extra))
+    # listed in their own split CSV (official format), not in the toy CSVs nor the toy split file
+    idx = index_dataset(root)
+    assert set(idx.index[idx["split"] == "extra"]) == set(extra)
+    assert set(index_patches(root / EXTRA_CSV, root).index) == set(extra)
+    for split in SPLITS:
+        assert not set(extra) & set((root / TOY_CSV.format(split)).read_text().split())
+    assert not set(extra) & set(_gpkg(root, CAT.split_gpkg)["patch_id"])
+    assert set(extra) <= set(_gpkg(root, "GLOBAL_SENTINEL2_MTD_DATES.gpkg")["patch_id"])
+    assert check_dataset(root, progress=False).empty
+    # neighbours join: the shared edge of two extra patches continues the same scene
+    a, b = f"{domain}_{roi}_{r0}-{c0}", f"{domain}_{roi}_{r0}-{c0 + 1}"
+    with rasterio.open(root / rel_path(a, "DEM_ELEV")) as sa, \
+            rasterio.open(root / rel_path(b, "DEM_ELEV")) as sb:  # fmt: skip
+        assert sa.bounds.right == pytest.approx(sb.bounds.left)
+        left, right = sa.read(2)[:, -1], sb.read(2)[:, 0]  # DTM columns either side of the edge
+    assert np.abs(left - right).mean() < 0.5
+    with pytest.raises(ValueError, match="zone"):
+        make_sample(tmp_path / "bad", n_patches=1, zone=40, progress=False)

@@ -322,5 +322,9 @@ def test_stats_cli_writes_norm_file(tree, tmp_path, capsys):
     assert norm["n_patches"] == 2  # the train split of the tree
     assert norm["modalities"]["SENTINEL2_TS"]["band_groups"] == CAT.modality("s2").band_groups
     assert (out / "band_summary.csv").is_file() and "SENTINEL2_TS" in capsys.readouterr().out
+    # an input error: one line naming the file, exit 2 (the traceback only with --debug)
+    assert main(["stats", str(tree), "--out", str(out), "--workers", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("flairlab stats: error:") and "exists" in err and "Traceback" not in err
     with pytest.raises(DataError, match="exists"):
-        main(["stats", str(tree), "--out", str(out), "--workers", "0", "--quiet"])
+        main(["--debug", "stats", str(tree), "--out", str(out), "--workers", "0", "--quiet"])

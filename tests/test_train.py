@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -190,6 +191,83 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, synth):
     for r in ra + rb:
         r.pop("samples_per_s")
     assert ra == rb  # same losses and learning rates at every step; the crashed row is gone
+
+
+# a child process pre-training on a real-format sample; it slows down after the checkpoint at
+# KILL_AT so that the parent reliably SIGKILLs it between that checkpoint and the next one
+CHILD = """
+import json, sys, time
+from pathlib import Path
+from flairlab.data.dataset import collate
+from flairlab.training.loop import set_epoch
+from flairlab.training.pretrain import pretrain
+from flairlab.training.pretrain_config import PretrainConfig, build_dataset
+
+cfg = PretrainConfig.from_dict(json.loads(sys.argv[1]))
+latest = Path(cfg.output_dir) / "checkpoints" / "latest.json"
+
+class Slow:
+    def __init__(self, ds):
+        self.ds, self.collate_fn = ds, collate
+    def __len__(self):
+        return len(self.ds)
+    def set_epoch(self, e):
+        set_epoch(self.ds, e)
+    def __getitem__(self, i):
+        if latest.exists():
+            time.sleep(2.0)  # after the first checkpoint: wait to be killed
+        return self.ds[i]
+
+pretrain(cfg, Slow(build_dataset(cfg)), progress=False)
+"""
+
+
+def test_kill_9_at_a_mid_epoch_checkpoint_then_resume_is_bit_exact(tmp_path, sample_root):
+    """Pre-training on FlairHubDataset (random date choice, bin offsets, flips: the draws come
+    from (seed, epoch, sample index)) is killed with SIGKILL right after a checkpoint in the
+    middle of an epoch; the resumed run ends with exactly the weights of an uninterrupted run."""
+    from flairlab.training.pretrain_config import build_dataset
+
+    def cfg(out: Path, **kw) -> dict:
+        c = config(out, epochs=2, batch_size=2, ckpt_every=2, threads=1, **kw)
+        c["data"] = {"source": str(sample_root), "split": "train", "n_patches": 6}
+        return c
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    pretrain(cfg(full), build_dataset(PretrainConfig.from_dict(cfg(full))), progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(cfg(cut))], env=env,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    latest = cut / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + 300
+    while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    err = proc.communicate()[1].decode(errors="replace")
+    assert proc.returncode == -signal.SIGKILL, err[-2000:]
+    step = json.loads(latest.read_text())["step"]
+    assert step == 2 and step % 3 != 0  # 3 steps per epoch: the checkpoint is mid-epoch
+    pretrain({**cfg(cut), "resume": True}, progress=False)
+    a = load_file(resolve_checkpoint(full) / "model.safetensors")
+    b = load_file(resolve_checkpoint(cut) / "model.safetensors")
+    assert a.keys() == b.keys()
+    diff = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+    assert diff == 0.0, f"resumed weights differ by up to {diff:.3g}"
+    ra, rb = (json.loads((p / "metrics.json").read_text()) for p in (full, cut))
+    for r in ra + rb:
+        r.pop("samples_per_s")
+    assert ra == rb
+
+
+def test_a_half_written_metrics_row_is_dropped_on_resume(tmp_path):
+    from flairlab.training.loop import MetricLog
+
+    log = MetricLog(tmp_path, 0)
+    log.add({"step": 1, "loss": 0.5})
+    log.add({"step": 2, "loss": 0.4})
+    with (tmp_path / "metrics.csv").open("a") as f:
+        f.write("1")  # killed in the middle of writing the row of step 12
+    assert MetricLog(tmp_path, 2).rows == [{"step": 1.0, "loss": 0.5}, {"step": 2.0, "loss": 0.4}]
 
 
 def test_checkpoint_that_does_not_fit_is_rejected_by_field(tmp_path, synth):

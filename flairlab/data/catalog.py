@@ -20,7 +20,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from flairlab.data.errors import CatalogError
+from flairlab.data.errors import CatalogError, UnknownNameError
 
 CATALOG_ENV = "FLAIRLAB_CATALOG"
 _HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -179,11 +179,17 @@ class Nomenclature(_Strict):
 
 
 class Source(_Strict):
+    """A dataset location: a FLAIR-HUB folder, or a packed store (`flairlab pack`; a folder or an
+    fsspec URL such as `s3://bucket/flairhub.zarr`). `packed_from` names the source a generated
+    store is packed from, with the pack-time `resample` sizes (px per modality alias or name)."""
+
     description: str = ""
     path: str
     env: str | None = None
     generate: bool = False
-    splits: dict[str, str] = {}
+    splits: dict[str, str | list[str]] = {}  # split -> CSV file name or glob pattern(s)
+    packed_from: str | None = None
+    resample: dict[str, int] = {}
 
 
 class Catalog(_Strict):
@@ -202,6 +208,11 @@ class Catalog(_Strict):
         aliases = [m.alias for m in self.modalities.values()]
         if len(set(aliases)) != len(aliases):
             raise ValueError(f"modality aliases must be unique, got {aliases}")
+        for key, src in self.sources.items():
+            if src.packed_from is not None and src.packed_from not in self.sources:
+                raise ValueError(
+                    f"sources.{key}.packed_from names unknown source {src.packed_from!r}"
+                )
         for key, m in self.modalities.items():
             if m.mask is not None and m.mask not in self.modalities:
                 raise ValueError(f"modalities.{key}.mask names unknown modality {m.mask!r}")
@@ -226,7 +237,12 @@ class Catalog(_Strict):
         for m in self.modalities.values():
             if m.alias == name:
                 return m
-        raise KeyError(f"unknown modality {name!r}; known: {sorted(self.modalities)}")
+        aliases = sorted(m.alias for m in self.modalities.values())
+        raise UnknownNameError(
+            "unknown modality",
+            expected=f"one of {sorted(self.modalities)} or {aliases}",
+            found=name,
+        )
 
     @property
     def modality_names(self) -> list[str]:
@@ -236,21 +252,30 @@ class Catalog(_Strict):
         try:
             return self.nomenclatures[name]
         except KeyError:
-            raise KeyError(
-                f"unknown nomenclature {name!r}; known: {sorted(self.nomenclatures)}"
+            raise UnknownNameError(
+                "unknown nomenclature", expected=sorted(self.nomenclatures), found=name
             ) from None
 
     def source_root(self, name: str = "sample") -> Path:
-        """Resolve a named source: its env variable wins, else `path` (relative to the YAML)."""
+        """Resolve a named source: its env variable wins, else `path`, relative to the YAML — or,
+        for a store with `packed_from`, to the folder holding that source (its sibling)."""
         if name not in self.sources:
-            raise KeyError(f"unknown source {name!r}; known: {sorted(self.sources)}")
+            raise UnknownNameError("unknown source", expected=sorted(self.sources), found=name)
         src = self.sources[name]
         raw = os.environ.get(src.env) if src.env else None
         p = Path(os.path.expanduser(raw or src.path))
         if not p.is_absolute():
             base = self.path.parent if self.path is not None else Path.cwd()
+            if src.packed_from is not None and not raw:  # a store sits beside its origin
+                base = self.source_root(src.packed_from).parent
             p = base / p
         return p.resolve()
+
+    def source_url(self, name: str = "sample") -> str:
+        """`source_root` as a string, except that a URL (`s3://…`, `memory://…`) is kept as is."""
+        src = self.sources.get(name)
+        raw = (os.environ.get(src.env) if src and src.env else None) or (src.path if src else "")
+        return raw if "://" in raw else str(self.source_root(name))
 
 
 def _default_catalog_path() -> Path:

@@ -1,8 +1,9 @@
 """`flairlab check ROOT`: validate a FLAIR-HUB folder patch by patch (format spec §2-§6).
 
 Reports missing files, unreadable or truncated rasters, wrong band count / dtype / size / CRS,
-footprints that disagree across a patch's modalities, date counts different from T, and label
-values out of range. Exit code 1 when anything was found.
+footprints that disagree across a patch's modalities, NaN / inf values (float rasters are read
+whole), dates that do not parse (every date file, mono-temporal ones included), date counts
+different from T, and label values out of range. Exit code 1 when anything was found.
 """
 
 from __future__ import annotations
@@ -19,16 +20,21 @@ from tqdm.auto import tqdm
 from flairlab.data.catalog import Catalog, load_catalog
 from flairlab.data.errors import DataError
 from flairlab.data.index import index_patches
-from flairlab.data.reader import read_dates
-
-FOOTPRINT_TOL_M = 0.01  # modalities of one patch must share bounds within 1 cm
+from flairlab.data.reader import (
+    FOOTPRINT_TOL_M,
+    count_nonfinite,
+    dtype_problem,
+    header_problems,
+    read_dates,
+)
 
 
 @dataclass
 class Problem:
     patch_id: str
     modality: str
-    kind: str  # missing | unreadable | bands | dtype | size | crs | footprint | dates | labels
+    kind: str  # missing | unreadable | bands | dtype | size | crs | footprint | nonfinite | dates
+    # | labels
     message: str
     path: str = ""
 
@@ -46,40 +52,35 @@ def _check_file(
     try:
         with rasterio.open(path) as src:
             count, dtype, h, w = src.count, src.dtypes[0], src.height, src.width
-            crs, bounds = src.crs, tuple(src.bounds)
-            need_pixels = mod.kind == "label"
+            crs, bounds, transform = src.crs, tuple(src.bounds), src.transform
+            need_pixels = mod.kind == "label" or np.issubdtype(np.dtype(dtype), np.floating)
             data = src.read() if need_pixels else src.read(1, window=((h - 1, h), (w - 1, w)))
     except Exception as err:  # rasterio/GDAL raise several error types for broken files
         add("unreadable", f"cannot read: {err}")
         return out, None, None
-    t = None
-    if mod.time_series:
-        if count % mod.n_bands:
-            add("bands", f"band count {count} is not a multiple of {mod.n_bands}")
-        else:
-            t = count // mod.n_bands
-    elif count != mod.n_bands:
-        add("bands", f"expected {mod.n_bands} bands, found {count}")
+    for kind, msg in header_problems(mod, cat, count=count, height=h, width=w, crs=crs,
+                                     transform=transform):  # fmt: skip
+        add(kind, msg)
+    t = count // mod.n_bands if mod.time_series and count and not count % mod.n_bands else None
     if dtype != mod.dtype:
-        add("dtype", f"expected {mod.dtype}, found {dtype}")
-    size_m = bounds[2] - bounds[0]
-    if h != w or (name != "AERIAL-RLT_PAN" and h != mod.size_px):
-        add("size", f"expected {mod.size_px}x{mod.size_px} px, found {h}x{w}")
-    if abs(size_m - cat.patch_size_m) > FOOTPRINT_TOL_M:
-        add("size", f"footprint is {size_m:.3f} m wide, expected {cat.patch_size_m} m")
-    if crs is None or crs.to_string() != cat.crs:
-        add("crs", f"expected {cat.crs}, found {crs}")
-    if t is not None and mod.dates is not None:
+        fits = need_pixels and dtype_problem(data, mod) is None
+        add("dtype", f"expected {mod.dtype}, found {dtype}"
+            + (" (values fit: readers accept it)" if fits else ""))  # fmt: skip
+    n_bad = count_nonfinite(data) if need_pixels else 0
+    if n_bad:
+        add("nonfinite", f"{n_bad} NaN/inf value(s) of {data.size} (read as 0 in training)")
+    if mod.dates is not None and (t is not None or not mod.time_series):
         table = dates.get(mod.dates.file)
         if isinstance(table, str):
             add("dates", table)
         elif table is not None:
             try:
-                n = len(table[pid])
-                if n != t:
+                n = len(table[pid])  # parses every date of the patch
+                if t is not None and n != t:
                     add("dates", f"{n} dates in {mod.dates.file} but T = {t} in the raster")
-            except DataError as err:
-                add("dates", str(err))
+            except DataError as err:  # the date file's name, then what is wrong
+                what = str(err).removeprefix(f"{err.path}: ")
+                add("dates", f"{Path(err.path or '').name}: {what}")
     if mod.kind == "label":
         for band, values in zip(mod.bands, data, strict=False):
             nom = band.nomenclature
@@ -112,11 +113,14 @@ def check_dataset(
         )
     dates: dict[str, object] = {}
     for m in cat.modalities.values():
-        if m.time_series and m.dates is not None and m.dates.file not in dates:
-            try:
-                dates[m.dates.file] = read_dates(root, m.name, cat)
-            except DataError as err:
-                dates[m.dates.file] = str(err)
+        if m.dates is None or m.dates.file in dates:
+            continue
+        if not m.time_series and not (root / cat.metadata_dir / m.dates.file).is_file():
+            continue  # mono-temporal dates are checked when their file is there
+        try:
+            dates[m.dates.file] = read_dates(root, m.name, cat)
+        except DataError as err:
+            dates[m.dates.file] = str(err)
     for pid, row in tqdm(index.iterrows(), total=len(index), desc="check", disable=not progress):
         footprints: dict[str, tuple] = {}
         n_dates: dict[str, int] = {}

@@ -14,7 +14,13 @@ One item = every selected modality of one patch, resampled to the model geometry
 Deliberate deviations from the reference loader (documented, §13.5): the bin offset in
 `{0, …, T mod D}` is random only in training (evaluation uses offset 0, so evaluation is
 deterministic), and flips are applied only in training. A series shorter than `D` is stretched by
-repeating acquisitions (the reference fails). Non-finite values left after scaling become 0.
+repeating acquisitions (the reference fails). Non-finite values left after scaling become 0; the
+raw NaN / inf values of each file are counted (`FlairHubDataset.nonfinite`) and reported once
+per file with a `DataWarning`.
+
+Every file read is validated against the catalog (`flairlab.data.reader.validate_raster`: bands,
+size, CRS, footprint, dtype whose values would change meaning) and the files of one item must
+cover the same ground (`check_footprints`): a shifted or swapped raster is a DataError naming it.
 
 Batch contract (`collate`): `{key: float32 (B, D, C, H, W), f"{key}_dates": int64 (B, D, 3),
 "ref_date": int64 (B, 1, 3), target: int64 (B, H, W) with 255 = ignore, "patch_id": [str],
@@ -30,12 +36,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
 from flairlab.data.catalog import Catalog, load_catalog
-from flairlab.data.errors import DataError
-from flairlab.data.index import index_patches
-from flairlab.data.reader import cosia_target, lpis_target, read_dates, read_raster
+from flairlab.data.errors import DataError, DataWarning
+from flairlab.data.index import index_dataset, index_patches
+from flairlab.data.reader import (
+    RasterInfo,
+    check_footprints,
+    cosia_target,
+    lpis_target,
+    read_checked,
+    read_dates,
+    read_raster,
+)
+from flairlab.data.store import store_for
 
 # model key (= catalog alias) -> model-side band order, by catalog band name
 MODEL_BANDS: dict[str, list[str]] = {
@@ -121,9 +136,7 @@ def select_dates(
         n_clear = (~cloudy).sum(1)
         bad[n_clear == 0] = False  # no clear acquisition in the bin: fall back to all of them
         xb = np.where(bad, np.nan, xb)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels
-        med = np.nanmedian(xb, axis=1, keepdims=True)
+    med = _nanmedian_bins(xb)
     score = np.abs(xb - med).reshape(D, k, -1).mean(-1)  # NaN = ineligible
     if random_choice:
         rng = rng if rng is not None else np.random.default_rng()
@@ -134,19 +147,34 @@ def select_dates(
     return DateSelection(idx[np.arange(D), pick], n_clear, int(offset))
 
 
+def _nanmedian_bins(xb: np.ndarray) -> np.ndarray:
+    """`np.nanmedian(xb, axis=1, keepdims=True)` (bit-identical, NaN where a slice is all NaN)
+    by one sort: NaNs sort last, so the median of the n valid values sits at (n-1)//2 and n//2;
+    ~7x faster than numpy's masked-array path for these small bins."""
+    s = np.sort(xb, axis=1)
+    n = (~np.isnan(xb)).sum(axis=1, keepdims=True)
+    lo = np.take_along_axis(s, (n - 1) // 2, axis=1)
+    return (lo + np.take_along_axis(s, n // 2, axis=1)) / 2
+
+
 def scale_values(x: np.ndarray, key: str, catalog: Catalog | None = None) -> np.ndarray:
     """Model-side scaling from the catalog: optional ln(max(x, log_floor)), then / divide_by.
     The DEM additionally becomes [DSM, 30·(DSM − DTM)] after /1000 (§2.2). float32 out."""
     cat = catalog or load_catalog()
     sc = cat.modality(key).scaling
-    x = x.astype(np.float32, copy=True)
-    if sc is not None:
-        if sc.log:
+    # integers divided by a non-zero constant stay finite: no NaN/inf pass over the array
+    finite = x.dtype.kind in "iu" and key != "dem" and (sc is None or (not sc.log and sc.divide_by))
+    if sc is not None and not sc.log:  # cast and divide in one float32 pass (a new array)
+        x = np.divide(x, np.float32(sc.divide_by), dtype=np.float32)
+    else:
+        x = x.astype(np.float32, copy=True)
+        if sc is not None:
             x = np.log(np.maximum(x, np.float32(sc.log_floor)))
-        x /= np.float32(sc.divide_by)
-    if key == "dem":
-        x[..., 1, :, :] = 30.0 * (x[..., 0, :, :] - x[..., 1, :, :])
-    if not np.isfinite(x).all():
+            x /= np.float32(sc.divide_by)
+    if key == "dem":  # in place: 30·(DSM − DTM) into the DTM channel
+        np.subtract(x[..., 0, :, :], x[..., 1, :, :], out=x[..., 1, :, :])
+        x[..., 1, :, :] *= np.float32(30.0)
+    if not finite and not np.isfinite(x).all():
         np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     return x
 
@@ -202,6 +230,21 @@ def band_indices(key: str, catalog: Catalog | None = None) -> list[int]:
 
 
 # -- dataset ----------------------------------------------------------------------------------
+def set_geometry(ds: Dataset, modalities, targets, image_size, n_dates, train, seed) -> None:
+    """Checked `modalities` / `targets` and the per-key `image_size` / `n_dates` (defaults
+    overridden), `train`, `seed`, `epoch` = 0 as attributes of a dataset of the batch contract."""
+    ds.modalities, ds.targets = tuple(modalities), tuple(targets)
+    for key in ds.modalities:
+        if key not in MODEL_BANDS:
+            raise DataError("unknown model modality", expected=sorted(MODEL_BANDS), found=key)
+    for t in ds.targets:
+        if t not in TARGETS:
+            raise DataError("unknown target", expected=sorted(TARGETS), found=t)
+    ds.image_size = {**DEFAULT_IMAGE_SIZE, **(image_size or {})}
+    ds.n_dates = {**DEFAULT_N_DATES, **(n_dates or {})}
+    ds.train, ds.seed, ds.epoch = bool(train), int(seed), 0
+
+
 def _resolve_root(root: str | Path, cat: Catalog) -> Path:
     if isinstance(root, str) and root in cat.sources:
         return cat.source_root(root)
@@ -209,15 +252,10 @@ def _resolve_root(root: str | Path, cat: Catalog) -> Path:
 
 
 def dataset_index(root: str | Path, cat: Catalog | None = None) -> pd.DataFrame:
-    """Patch index of a dataset folder: from the catalog's split CSVs when they are all in `root`
-    (with a `split` column), else a folder scan (split from GLOBAL_ALL_MTD_SPLIT.gpkg if there)."""
-    cat = cat or load_catalog()
-    root = Path(root)
-    names = next((s.splits for s in cat.sources.values() if s.splits), {})
-    csvs = [root / n for n in names.values()]
-    if csvs and all(c.is_file() for c in csvs):
-        return index_patches(csvs, root, cat)
-    return index_patches(root, catalog=cat)
+    """Patch index of a dataset folder: from the split CSVs of the catalog sources' `splits`
+    patterns found in `root` (with a `split` column), else a folder scan (split from
+    GLOBAL_ALL_MTD_SPLIT.gpkg if there). See `flairlab.data.index.index_dataset`."""
+    return index_dataset(root, cat)
 
 
 def build_index(root: Path, split: str | None, cat: Catalog) -> pd.DataFrame:
@@ -242,9 +280,11 @@ def build_index(root: Path, split: str | None, cat: Catalog) -> pd.DataFrame:
 class FlairHubDataset(Dataset):
     """Torch dataset over FLAIR-HUB patches; items follow the batch contract (module doc).
 
-    root: dataset folder or catalog source name (`"sample"`); split: train/valid/test or None
-    (all patches); image_size / n_dates: per-key overrides of DEFAULT_IMAGE_SIZE / N_DATES
-    (targets are resized with their key, e.g. `{"cosia": 128}`); train: random date choice,
+    root: dataset folder, packed store (path, fsspec URL or `PatchStore` of `flairlab.data.store`:
+    the same arguments give the same tensors) or catalog source name (`"sample"`); split:
+    train/valid/test or None (all patches); image_size / n_dates: per-key overrides of
+    DEFAULT_IMAGE_SIZE / N_DATES (targets are resized with their key, e.g. `{"cosia": 128}`);
+    train: random date choice,
     random bin offset and random dihedral flips; seed: base of the per-item random streams;
     index: an index of `root` already built by the caller (`dataset_index`), so it is not built
     twice.
@@ -265,22 +305,14 @@ class FlairHubDataset(Dataset):
         index: pd.DataFrame | None = None,
     ) -> None:
         self.cat = cat = catalog or load_catalog()
-        self.root = _resolve_root(root, cat)
-        self.modalities = tuple(modalities)
-        self.targets = tuple(targets)
-        for key in self.modalities:
-            if key not in MODEL_BANDS:
-                raise DataError("unknown model modality", expected=sorted(MODEL_BANDS), found=key)
-        for t in self.targets:
-            if t not in TARGETS:
-                raise DataError("unknown target", expected=sorted(TARGETS), found=t)
-        self.image_size = {**DEFAULT_IMAGE_SIZE, **(image_size or {})}
-        self.n_dates = {**DEFAULT_N_DATES, **(n_dates or {})}
-        self.train, self.seed, self.epoch = bool(train), int(seed), 0
-        self._rng = np.random.default_rng([self.seed, 0])
+        self.store = store_for(root, cat)  # None for a GeoTIFF folder
+        self.root = self.store.url if self.store is not None else _resolve_root(root, cat)
+        set_geometry(self, modalities, targets, image_size, n_dates, train, seed)
+        self.nonfinite: dict[str, int] = {}  # file -> NaN / inf values read (this process)
+        self._infos: dict[str, RasterInfo] = {}  # files of the item being read
 
         if index is None:  # a caller that already indexed `root` passes its index
-            index = build_index(self.root, split, cat)
+            index = self.store.index(split) if self.store else build_index(self.root, split, cat)
         if patch_ids is not None:
             missing = sorted(set(patch_ids) - set(index.index))
             if missing:
@@ -305,12 +337,19 @@ class FlairHubDataset(Dataset):
                     expected="a file per patch",
                     found=f"none for {lacking[0]}",
                 )
+        if self.store is not None:  # read a patch's arrays in one round trip, at served sizes
+            self.store.prefetch.names = tuple(needed)
+            self.store.check_sizes({k: self.image_size[k] for k in self.modalities})
+            self.store.check_sizes({TARGETS[t][0]: self.image_size[t] for t in self.targets})
         self.index = index
         self.patch_ids: list[str] = list(index.index)
         self.rois = [f"{d}_{r}" for d, r in zip(index["domain"], index["roi"], strict=True)]
         self._bands = {k: band_indices(k, cat) for k in self.modalities}
         date_keys = {REF_MODALITY, *self.modalities}  # the DEM's date file is the aerial one
-        self._dates = {k: read_dates(self.root, cat.modality(k).name) for k in date_keys}
+        self._dates = {
+            k: self.store.dates(k) if self.store else read_dates(self.root, cat.modality(k).name)
+            for k in date_keys
+        }
         for k, table in self._dates.items():
             known = set(table)
             lacking = [p for p in self.patch_ids if p not in known]
@@ -326,19 +365,33 @@ class FlairHubDataset(Dataset):
         return len(self.patch_ids)
 
     def set_epoch(self, epoch: int) -> None:
-        """Restart the main-process random stream at `epoch` (for exact resume)."""
+        """Set the epoch of the training random draws (flips, dates): they depend only on
+        (seed, epoch, sample index), so any resume point — mid-epoch included — is exact."""
         self.epoch = int(epoch)
-        self._rng = np.random.default_rng([self.seed, self.epoch + 1])
 
     def _item_rng(self, i: int) -> np.random.Generator:
         if not self.train:
             return np.random.default_rng([self.seed, i])
-        info = get_worker_info()  # workers: torch gives each worker a new seed every epoch
-        stream = info.seed if info is not None else int(self._rng.integers(2**62))
-        return np.random.default_rng([self.seed, stream % 2**63, i])
+        return np.random.default_rng([self.seed, self.epoch, i])
 
     def _read(self, key: str, pid: str) -> np.ndarray:
         name = self.cat.modality(key).name
+        if self.store is not None:  # validated when packed (flairlab.data.pack)
+            return self.store.read(name, pid)
+        arr, info = read_checked(self.index.at[pid, name], name, self.cat)
+        self._infos[name] = info
+        if info.nonfinite:
+            self.nonfinite[info.path] = info.nonfinite
+            warnings.warn(f"{info.path}: {info.nonfinite} NaN/inf value(s) of {arr.size} in "
+                          f"{name}, read as 0", DataWarning, stacklevel=2)  # fmt: skip
+        return arr
+
+    def raw(self, key: str, pid: str) -> np.ndarray:
+        """One modality of one patch as stored (file band order, native dtype): (C, H, W) or
+        (T, C, H, W), from its GeoTIFF or the packed store (one array, no prefetch)."""
+        name = self.cat.modality(key).name
+        if self.store is not None:
+            return self.store.read_patch(pid, (name,))[name]
         return read_raster(self.index.at[pid, name], name)
 
     def _series(self, key: str, pid: str, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
@@ -363,20 +416,24 @@ class FlairHubDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         pid = self.patch_ids[i]
         rng = self._item_rng(i)
+        self._infos = {}
         flips = tuple(bool(b) for b in rng.random(3) < 0.5) if self.train else (False,) * 3
         ref = dates_to_ydh(self._dates[REF_MODALITY][pid][:1])
         item: dict = {"patch_id": pid, "roi": self.rois[i], "ref_date": torch.from_numpy(ref)}
         for key in self.modalities:
             x, dates = self._series(key, pid, rng)
-            x = resize_nearest(x[:, self._bands[key]], self.image_size[key])  # commutes with
-            x = dihedral(scale_values(x, key, self.cat), *flips)  # the pointwise scaling
+            x = resize_nearest(x[:, self._bands[key]], self.image_size[key])  # resize and flips
+            x = scale_values(dihedral(x, *flips), key, self.cat)  # commute with the pointwise
+            # scaling; flipping the stored dtype first moves 4x fewer bytes than float32 would
             item[key] = torch.from_numpy(x)
             item[f"{key}_dates"] = torch.from_numpy(dates_to_ydh(dates))
         for t in self.targets:
             alias = TARGETS[t][0]
             arr = self._read(alias, pid)
             y = label_target(arr, t, self.index.at[pid, self.cat.modality(alias).name])
-            item[t] = torch.from_numpy(dihedral(resize_nearest(y, self.image_size[t]), *flips))
+            y = resize_nearest(y.astype(np.uint8), self.image_size[t])  # ids are 0..255
+            item[t] = torch.from_numpy(dihedral(y, *flips).astype(np.int64))
+        check_footprints(pid, self._infos)
         return item
 
 

@@ -26,8 +26,10 @@ class DataError(ValueError):
         self.expected = expected
         self.found = found
         msg = what
-        if expected is not None or found is not None:
-            msg += f": expected {expected}, found {found}"
+        if expected is not None:
+            msg += f": expected {expected}" + ("" if found is None else f", found {found}")
+        elif found is not None:
+            msg += f": found {found}"
         if self.path:
             msg = f"{self.path}: {msg}"
         super().__init__(msg)
@@ -35,3 +37,14 @@ class DataError(ValueError):
 
 class CatalogError(DataError):
     """`data_catalog.yaml` is invalid; the message names the YAML field."""
+
+
+class UnknownNameError(CatalogError, KeyError):
+    """A modality, nomenclature or source name the catalog does not know (still a KeyError for
+    callers that look names up, but reported like every other DataError)."""
+
+    __str__ = BaseException.__str__
+
+
+class DataWarning(UserWarning):
+    """Input that is used, but not as written (e.g. NaN / inf values read as 0); names the file."""

@@ -5,13 +5,16 @@ A patch id is `DOMAIN_ROI_R-C` (`D006-2020_FF-S1-14_5-5`); its file for modality
 `AERIAL-RLT_PAN`, whose folder and file use `<CODE>-195X` instead of `<CODE>-<YEAR>`.
 
 Split-CSV cells are relative paths starting with `../` (the official loader resolves them against
-the process working directory). flairlab resolves them against a dataset root instead: the leading
-`../` is dropped and the rest joined to `root` (default: the folder holding the CSV).
+the process working directory, one level below the data). flairlab resolves them against a
+dataset root: the leading `../` is dropped and the rest joined to `root`. Without `root`, the root
+is the CSV's parent folder when the files are there (the cells read literally), else the CSV's
+own folder (the toy release's layout); when neither holds the files, a DataError lists them.
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +140,6 @@ def read_split_csv(
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataError("split CSV not found", path=csv_path)
-    base = Path(root) if root is not None else csv_path.parent
     raw = pd.read_csv(csv_path, sep=_sniff_delimiter(csv_path), dtype=str, keep_default_na=False)
     if "patch_id" not in raw.columns:
         raise DataError(
@@ -146,10 +148,15 @@ def read_split_csv(
             expected="patch_id,<modality columns>",
             found=",".join(raw.columns),
         )
+    if raw.empty:
+        raise DataError("split CSV has a header but no patch rows", path=csv_path,
+                        expected="one line per patch", found="0 lines")  # fmt: skip
     if raw["patch_id"].duplicated().any():
         dup = raw.loc[raw["patch_id"].duplicated(), "patch_id"].iloc[0]
         raise DataError(f"patch_id {dup!r} appears more than once", path=csv_path)
+    _refuse_unknown_modality_columns(raw, csv_path, cat)
     mods = [c for c in raw.columns if c in cat.modalities]
+    base = Path(root) if root is not None else _csv_root(csv_path, raw[mods])
     out = pd.DataFrame(index=pd.Index(raw["patch_id"], name="patch_id"))
     for row_no, pid in enumerate(raw["patch_id"], start=2):
         try:
@@ -162,9 +169,7 @@ def read_split_csv(
             if not cell:
                 values.append(pd.NA)
                 continue
-            rel = cell.replace("\\", "/")
-            while rel.startswith("../") or rel.startswith("./"):
-                rel = rel.split("/", 1)[1]
+            rel = _relative(cell)
             expected = modality_path("", pid, mod, cat).as_posix()
             if rel != expected:
                 raise DataError(
@@ -178,6 +183,51 @@ def read_split_csv(
     df = _finish(out, cat, base)
     df.attrs["split_csv"] = str(csv_path)
     return df
+
+
+def _relative(cell: str) -> str:
+    """A split-CSV cell without its leading `../` / `./` parts."""
+    rel = cell.replace("\\", "/")
+    while rel.startswith("../") or rel.startswith("./"):
+        rel = rel.split("/", 1)[1]
+    return rel
+
+
+def _csv_root(csv_path: Path, cells: pd.DataFrame, n_probe: int = 10) -> Path:
+    """Dataset root of a split CSV: its parent folder (cells `../X` read literally) if the files
+    are there, else its own folder; DataError listing the first missing files otherwise."""
+    rels = [_relative(c) for c in cells.to_numpy().ravel() if c][:n_probe]
+    candidates = list(dict.fromkeys([csv_path.parent.parent, csv_path.parent]))
+    if not rels:
+        return csv_path.parent
+    found = [sum((base / r).is_file() for r in rels) for base in candidates]
+    if max(found) > 0:
+        return candidates[found.index(max(found))]
+    missing = [str(base / r) for base in candidates for r in rels[:2]]
+    raise DataError(
+        "files of the split CSV not found next to it",
+        path=csv_path,
+        expected="the modality folders in the CSV's folder or its parent (else pass root=)",
+        found="missing " + ", ".join(missing),
+    )
+
+
+def _refuse_unknown_modality_columns(raw: pd.DataFrame, path: Path, cat: Catalog) -> None:
+    """A column that is not a catalog modality but looks like one (a close name, or `.tif`
+    cells) is a DataError rather than silently dropped; other extra columns are ignored."""
+    for col in raw.columns:
+        if col == "patch_id" or col in cat.modalities:
+            continue
+        close = difflib.get_close_matches(col.upper(), cat.modality_names, n=1, cutoff=0.75)
+        tif = raw[col].head(20).str.lower().str.endswith((".tif", ".tiff")).any()
+        if close or tif:
+            raise DataError(
+                f"column {col!r} is not a modality of the catalog"
+                + (f" (did you mean {close[0]!r}?)" if close else ""),
+                path=path,
+                expected=cat.modality_names,
+                found=col,
+            )
 
 
 def scan_root(root: str | Path, catalog: Catalog | None = None) -> pd.DataFrame:
@@ -280,11 +330,88 @@ def _split_name(path: Path) -> str:
     return path.stem
 
 
-def source_index(source: str = "sample", catalog: Catalog | None = None) -> pd.DataFrame:
-    """Index of a catalog source from its split CSVs (falls back to scanning its root)."""
+def split_csvs(root: str | Path, splits: dict[str, str | list[str]]) -> dict[str, list[Path]]:
+    """`{split: [CSV files]}` in `root` for `{split: file name or glob pattern(s)}` (a catalog
+    source's `splits`, e.g. `{"train": "FLAIR-HUB*_TRAIN.csv"}`); splits without a match are left
+    out. A file matched by two splits is a DataError."""
+    root = Path(root)
+    found: dict[str, list[Path]] = {}
+    owner: dict[Path, str] = {}
+    for split, patterns in splits.items():
+        for pattern in [patterns] if isinstance(patterns, str) else patterns:
+            for path in sorted(root.glob(pattern)) if root.is_dir() else []:
+                if not path.is_file():
+                    continue
+                if owner.setdefault(path, split) != split:
+                    raise DataError(
+                        f"split CSV matches the patterns of two splits ({owner[path]}, {split})",
+                        path=path, expected="one split per file (sources.<name>.splits)",
+                    )  # fmt: skip
+                if path not in found.setdefault(split, []):
+                    found[split].append(path)
+    return found
+
+
+def index_split_csvs(
+    csvs: dict[str, list[Path]], root: str | Path, catalog: Catalog | None = None
+) -> pd.DataFrame:
+    """Index of `{split: [CSV files]}` (`split_csvs`) with a `split` column. A patch listed twice
+    in one split (e.g. toy and full CSVs side by side) counts once; in two splits, DataError."""
     cat = catalog or load_catalog()
-    root = cat.source_root(source)
-    csvs = [root / name for name in cat.sources[source].splits.values()]
-    if csvs and all(c.is_file() for c in csvs):
-        return index_patches(csvs, root, cat)
+    frames = []
+    for split, paths in csvs.items():
+        parts = [read_split_csv(p, root, cat) for p in paths]
+        part = pd.concat(parts)
+        part = part[~part.index.duplicated()]
+        part["split"] = split
+        part.attrs = parts[0].attrs
+        frames.append(part)
+    df = pd.concat(frames)
+    if df.index.duplicated().any():
+        pid = df.index[df.index.duplicated()][0]
+        where = sorted(df.loc[[pid], "split"].unique())
+        raise DataError(f"patch {pid!r} is in several splits: {where}", path=Path(root))
+    df["split"] = df["split"].astype("string")
+    df.attrs = frames[0].attrs
+    return df.sort_index()
+
+
+def index_dataset(root: str | Path, catalog: Catalog | None = None,
+                  splits: dict[str, str | list[str]] | None = None) -> pd.DataFrame:  # fmt: skip
+    """Index of a dataset folder from its split CSVs — `splits` (name or glob per split), by
+    default those of the catalog source whose folder `root` is, else the split patterns of every
+    source — or, without any split CSV, a folder scan (split from `GLOBAL_ALL_MTD_SPLIT.gpkg`)."""
+    cat = catalog or load_catalog()
+    here = Path(root).resolve()
+    if splits is None:
+        splits = next((src.splits for name, src in cat.sources.items()
+                       if cat.source_root(name) == here), None)  # fmt: skip
+    if splits is None:
+        splits = {}
+        for src in cat.sources.values():
+            for split, pattern in src.splits.items():
+                have = splits.setdefault(split, [])
+                have.extend(p for p in ([pattern] if isinstance(pattern, str) else pattern)
+                            if p not in have)  # fmt: skip
+    csvs = split_csvs(root, splits)
+    if csvs:
+        return index_split_csvs(csvs, root, cat)
     return index_patches(root, catalog=cat)
+
+
+def source_index(source: str = "sample", catalog: Catalog | None = None) -> pd.DataFrame:
+    """Index of a catalog source from its split CSVs (names or glob patterns in the source's
+    `splits`); a folder scan when none of them is there."""
+    cat = catalog or load_catalog()
+    return index_dataset(cat.source_root(source), cat, cat.sources[source].splits)
+
+
+def index_summary(index: pd.DataFrame, n: int = 5, catalog: Catalog | None = None) -> pd.DataFrame:
+    """The first `n` patches of an index as a reader wants them: domain, ROI, row, col, split and
+    how many of the catalog's modality files each has (`10/10`), without the file paths."""
+    cat = catalog or load_catalog()
+    mods = [m for m in cat.modality_names if m in index.columns]
+    head = index.head(n)
+    out = head[[c for c in [*META_COLUMNS, "split"] if c in head.columns and c != "year"]].copy()
+    out["files"] = [f"{k}/{len(mods)}" for k in head[mods].notna().sum(axis=1)]
+    return out

@@ -1,5 +1,5 @@
-"""Tables and constants of the synthetic sample (`flairlab.data.synthetic`): COSIA and phenology ids,
-parcel-category mixes per ROI stratum, double-logistic phenology parameters, reflectance / S1
+"""Tables and constants of the synthetic sample (`flairlab.data.synthetic`): COSIA and phenology
+ids, parcel-category mixes per ROI stratum, double-logistic phenology parameters, reflectance / S1
 endmembers, LPIS hierarchy, per-department settings, and the aerial / SPOT radiometry constants.
 """
 

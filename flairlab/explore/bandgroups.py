@@ -170,6 +170,21 @@ def norm_entries(
     return out
 
 
+def norm_table(entries: dict[str, dict]) -> pd.DataFrame:
+    """`norm_entries` as one row per modality and band: space, mean, std (statistics space),
+    scaled mean / std (what the model sees) and the discovered group the band belongs to."""
+    rows = []
+    for mod, e in entries.items():
+        group_of = {b: "{" + ",".join(g) + "}" for g in e["band_groups"] for b in g}
+        for i, band in enumerate(e["bands"]):
+            rows.append(dict(
+                modality=mod, band=band, space=e["space"], mean=e["mean"][i], std=e["std"][i],
+                scaled_mean=e["scaled_mean"][i], scaled_std=e["scaled_std"][i],
+                group=group_of.get(band, ""),
+            ))  # fmt: skip
+    return pd.DataFrame(rows).set_index(["modality", "band"])
+
+
 def save_norm_file(
     path: str | Path,
     modalities: dict[str, dict],

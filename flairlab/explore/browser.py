@@ -7,12 +7,13 @@
 
 Both draw from `render_panels(load_patch(...))`, which returns RGB arrays in `[0, 1]`.
 Display stretches: optical bands 2–98 % percentiles per panel; S1 in dB on fixed ranges
-(R = VV −25…0 dB, G = VH −30…−5 dB, B = VV − VH 0…15 dB); the S2 mask as R = cloud %,
-B = snow % (white = both).
+(R = VV −25…0 dB, G = VH −30…−5 dB, B = VV − VH 0…15 dB); the S2 mask tints the dimmed grey
+image red by cloud and blue by snow probability. Date sliders read out acquisition dates.
 """
 
 from __future__ import annotations
 
+import html
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,9 +112,27 @@ def _classes(labels: np.ndarray, nomenclature: str, cat: Catalog) -> tuple[np.nd
     return lut[labels.astype(np.intp)], legend
 
 
+def mask_overlay(rgb: np.ndarray, cloud: np.ndarray, snow: np.ndarray) -> np.ndarray:
+    """The S2 image `(H, W, 3)` in dimmed grey, tinted red by cloud and blue by snow probability
+    (`(H, W)` in [0, 1]): a clear date shows the landscape, not a black square."""
+    grey = 0.35 + 0.5 * rgb.mean(-1, keepdims=True)
+    red, blue = np.array([0.9, 0.1, 0.1]), np.array([0.1, 0.35, 1.0])
+    c = np.clip(cloud, 0, 1)[..., None]
+    sn = np.clip(snow, 0, 1)[..., None]
+    out = grey * (1 - c) + red * c
+    return np.clip(out * (1 - sn) + blue * sn, 0, 1)
+
+
+def date_options(data: PatchData, name: str) -> list[tuple[str, int]]:
+    """`(label, index)` of a series' dates for a slider: `2020-03-14` (or `date #i`)."""
+    arr = data.arrays.get(name)
+    n = arr.shape[0] if arr is not None else 0
+    return [(_date(data, name, t), t) for t in range(n)]
+
+
 def _date(data: PatchData, name: str, t: int) -> str:
     d = data.dates.get(name)
-    return str(d[t]) if d is not None and t < len(d) else f"date #{t}"
+    return str(d[t])[:10] if d is not None and t < len(d) else f"date #{t}"
 
 
 def render_panels(
@@ -147,10 +166,10 @@ def render_panels(
         p["s2"] = Panel(f"S2 true colour {_date(data, 'SENTINEL2_TS', t)}", _stretch(bands))
         if "SENTINEL2_MSK-SC" in a:
             mk = a["SENTINEL2_MSK-SC"][min(t, a["SENTINEL2_MSK-SC"].shape[0] - 1)] / 100.0
-            rgb = np.stack([mk[1], np.minimum(mk[0], mk[1]), mk[0]], -1)
             cloudy = (mk[1] > 0.01).mean()
             p["s2_mask"] = Panel(
-                f"S2 cloud (red) / snow (blue): {cloudy:.0%} cloudy", np.clip(rgb, 0, 1)
+                f"S2 cloud (red) / snow (blue) over the image: {cloudy:.0%} cloudy",
+                mask_overlay(p["s2"].rgb, cloud=mk[1], snow=mk[0]),
             )
     for key, name in S1_PANELS.items():
         if name in a:
@@ -237,13 +256,15 @@ def _png(panel: Panel, px: int) -> bytes:
 
 
 def _legend_html(legend: list[tuple[int, str, str]], title: str) -> str:
+    """Legend markup for an ipywidgets HTML widget: names and title as escaped text (a class
+    name from the catalog is data, never markup)."""
     items = "".join(
         f'<span style="display:inline-block;margin:1px 6px 1px 0"><span style="display:'
-        f"inline-block;width:11px;height:11px;background:{c};border:1px solid #333;"
-        f'vertical-align:middle"></span> {i} {n}</span>'
+        f"inline-block;width:11px;height:11px;background:{html.escape(c)};border:1px solid #333;"
+        f'vertical-align:middle"></span> {i} {html.escape(n)}</span>'
         for i, n, c in legend
     )
-    return f"<b>{title}</b>: {items}"
+    return f"<b>{html.escape(title)}</b>: {items}"
 
 
 class PatchBrowser:
@@ -261,10 +282,12 @@ class PatchBrowser:
         )
         self.roi = w.Dropdown(description="ROI", layout=lay)
         self.patch = w.Dropdown(description="patch", layout=w.Layout(width="340px"))
-        self.sliders = {
-            k: w.IntSlider(0, 0, 0, description=d, continuous_update=False)
+        self.sliders = {  # the readout is the acquisition date
+            k: w.SelectionSlider(options=[("-", 0)], description=d, continuous_update=False,
+                                 layout=w.Layout(width="300px"))
             for k, d in (("s2", "S2 date"), ("s1_asc", "S1 asc"), ("s1_desc", "S1 desc"))
-        }
+        }  # fmt: skip
+        self._loading = False
         self.images = {
             k: w.Image(format="png", layout=w.Layout(width=f"{panel_px}px")) for k in PANEL_ORDER
         }
@@ -308,23 +331,27 @@ class PatchBrowser:
         if self.patch.value is None:
             return
         self.data = load_patch(self.index, self.patch.value, self.cat)
-        for key, name in (("s2", "SENTINEL2_TS"), *S1_PANELS.items()):
-            arr = self.data.arrays.get(name)
-            s = self.sliders[key]
-            s.value = 0
-            s.max = max(arr.shape[0] - 1, 0) if arr is not None else 0
-            s.disabled = arr is None
+        self._loading = True  # one redraw for the new patch, not one per slider
+        try:
+            for key, name in (("s2", "SENTINEL2_TS"), *S1_PANELS.items()):
+                opts = date_options(self.data, name)
+                s = self.sliders[key]
+                s.options = opts or [("-", 0)]
+                s.value = 0
+                s.disabled = not opts
+        finally:
+            self._loading = False
         self._draw()
 
     def _draw(self) -> None:
-        if self.data is None:
+        if self.data is None or self._loading:
             return
         v = {k: s.value for k, s in self.sliders.items()}
         panels = render_panels(self.data, v["s2"], v["s1_asc"], v["s1_desc"], self.cat)
         for key in PANEL_ORDER:
             self.boxes[key].layout.display = "flex" if key in panels else "none"
             if key in panels:
-                self.titles[key].value = f"<small>{panels[key].title}</small>"
+                self.titles[key].value = f"<small>{html.escape(panels[key].title)}</small>"
                 self.images[key].value = _png(panels[key], self.px)
         self.legend.value = "<br>".join(
             _legend_html(panels[k].legend, panels[k].title)

@@ -4,8 +4,9 @@ Every `plot_*` function takes the merged `flairlab.explore.scale.DatasetStats` (
 from it) and returns an `ExplorePlot`: `.hv` (HoloViews object), `.fig` (matplotlib Figure) and
 `.png` (path of the PNG twin, written with `flairlab.data.results.save_figure` when `output_dir` is
 given).
-In a notebook it displays the interactive view, or the PNG when `interactive=False` (executed
-notebooks are often viewed untrusted, where bokeh output stays blank).
+In a notebook it displays the interactive view with the PNG in front of it for viewers that run no
+script (untrusted notebooks, GitHub; removed once BokehJS runs, `flairlab.explore.display`), or
+only the PNG when `interactive=False`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from matplotlib.figure import Figure
 
 from flairlab.data.catalog import Catalog, load_catalog
 from flairlab.data.results import save_figure
+from flairlab.explore.display import bokeh_backend, html_with_static_twin, load_bokeh
 
+NOTEBOOK_WIDTH = 800  # px: the widest bokeh figure that fits a notebook cell beside the sidebar
 PALETTE = [
     "#1f77b4",
     "#ff7f0e",
@@ -36,11 +39,7 @@ PALETTE = [
 
 
 def _hv() -> Any:
-    import holoviews as hv
-
-    if "bokeh" not in hv.Store.loaded_backends():
-        hv.extension("bokeh", logo=False, inline=True)  # BokehJS inlined: works offline
-    return hv
+    return bokeh_backend()  # BokehJS reaches the notebook in `ExplorePlot` display (load_bokeh)
 
 
 @dataclass
@@ -52,15 +51,30 @@ class ExplorePlot:
     png: Path | None = None
     interactive: bool = True
 
-    def _ipython_display_(self) -> None:
-        from IPython.display import Image, display
+    def png_bytes(self) -> bytes:
+        """The static twin as PNG bytes (the saved file, else rendered now)."""
+        if self.png is not None and self.png.is_file():
+            return self.png.read_bytes()
+        import io
 
-        if self.interactive:
-            display(self.hv)
-        elif self.png is not None:
-            display(Image(filename=str(self.png)))
-        else:
-            display(self.fig)
+        buf = io.BytesIO()
+        self.fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        return buf.getvalue()
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import Image, display, publish_display_data
+
+        if not self.interactive:
+            display(Image(data=self.png_bytes()))
+            return
+        load_bokeh()  # BokehJS once per notebook (a no-op after `setup_plots`)
+        data, meta = self.hv._repr_mimebundle_()
+        if "text/html" in data:  # the PNG stays where scripts do not run (untrusted, GitHub)
+            title = getattr(self.fig, "_suptitle", None)
+            alt = title.get_text() if title is not None else "static figure"
+            data = {**data, "text/html": html_with_static_twin(data["text/html"],
+                                                               self.png_bytes(), alt)}
+        publish_display_data(data, meta)
 
 
 def _finish(
@@ -139,7 +153,7 @@ def plot_histograms(
     edges = spec.edges
     xlim = _occupied(edges, [groups[k].hist[0] for k in keys])
     unit = " (dB)" if spec.transform == "db" else ""
-    ncol = min(4, len(names))
+    ncol = grid_columns(len(names))
     nrow = -(-len(names) // ncol)
     fig = Figure(figsize=(3.6 * ncol, 2.6 * nrow), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).ravel()
@@ -153,11 +167,13 @@ def plot_histograms(
             share = st.hist[0, b] / total
             label, color = _group_label(by, key, cat)
             color = color or PALETTE[j % len(PALETTE)]
-            curves.append(
-                hv.Histogram(
-                    (edges, share), kdims=[f"{band}{unit}"], vdims=["share"], label=label
-                ).opts(fill_alpha=0.25, line_color=color, fill_color=color, logy=logy)
+            hist = hv.Histogram(
+                (edges, share), kdims=[f"{band}{unit}"], vdims=["share"], label=label
             )
+            curves.append(hist.opts(
+                fill_alpha=0.25, line_color=color, fill_color=color, logy=logy,
+                xlabel=f"{band}: {value_label(m, spec.transform)}", ylabel="share of pixels",
+            ))  # fmt: skip
             axes[i].stairs(
                 share,
                 edges,
@@ -166,16 +182,20 @@ def plot_histograms(
                 fill=len(keys) == 1,
                 alpha=0.9 if len(keys) > 1 else 0.5,
             )
-        axes[i].set(title=band, xlabel=f"value{unit}", ylabel="share of pixels", xlim=xlim)
+        axes[i].set(title=band, xlabel=value_label(m, spec.transform), ylabel="share of pixels",
+                    xlim=xlim)  # fmt: skip
         if logy:
             axes[i].set_yscale("log")
         panels.append(
             hv.Overlay(curves).opts(
                 title=f"{m.name} {band}",
-                width=330,
+                width=NOTEBOOK_WIDTH // ncol,
                 height=240,
+                xticks=4,
                 xlim=xlim,
                 legend_position="top_right",
+                legend_opts={"label_text_font_size": "7pt", "spacing": 0, "glyph_height": 10,
+                             "glyph_width": 10, "padding": 4},
                 show_legend=i == 0,
             )
         )
@@ -187,6 +207,26 @@ def plot_histograms(
     layout = hv.Layout(panels).cols(ncol)
     name = f"hist_{m.alias}_{by}" + ("_" + "-".join(bands) if bands else "")
     return _finish(layout, fig, output_dir, name, interactive)
+
+
+def value_label(modality: Any, transform: str | None = None) -> str:
+    """Axis label of a modality's pixel values with their unit: `backscatter (dB)`,
+    `elevation (m)`, `reflectance × 10 000` (S2), else `digital number (uint8)`."""
+    units = {b.units for b in modality.bands} - {None}
+    if transform == "db":
+        return "backscatter (dB)"
+    if units == {"m"}:
+        return "elevation (m)"
+    if len(units) == 1:
+        return f"value ({units.pop()})"
+    if "reflectance x10000" in (modality.description or ""):
+        return "reflectance × 10 000"
+    return f"digital number ({modality.dtype})"
+
+
+def grid_columns(n: int) -> int:
+    """Panels per row for `n` small plots at notebook width (4 bands: 2 × 2, never above 3)."""
+    return 2 if n == 4 else min(3, max(n, 1))
 
 
 def _occupied(edges: np.ndarray, hists: list[np.ndarray]) -> tuple[float, float]:
@@ -217,44 +257,56 @@ def plot_correlation(
     ix = [m.band_names.index(b) for b in order]
     c = corr[np.ix_(ix, ix)]
     data = [(x, y, float(c[j, i])) for i, x in enumerate(order) for j, y in enumerate(order)]
+    n = len(order)
+    side = min(NOTEBOOK_WIDTH - 120, max(300, 52 * n))  # ~52 px per cell: 2-decimal labels fit
+    title = f"{m.name} band correlation r ({group})"
     heat = hv.HeatMap(data, kdims=["band", "band2"], vdims=["r"]).opts(
         cmap="RdBu_r",
         clim=(-1, 1),
         colorbar=True,
         tools=["hover"],
-        width=420,
-        height=360,
-        title=f"{m.name} correlation ({group})",
+        width=side + 110,
+        height=side + 60,
+        title=title,
+        xlabel="band",
+        ylabel="band",
         invert_yaxis=True,
         xrotation=45,
     )
-    labels = hv.Labels(
-        [(x, y, f"{v:.2f}") for x, y, v in data], kdims=["band", "band2"], vdims=["text"]
-    ).opts(text_font_size="8pt")
-    fig = Figure(figsize=(1.0 + 0.55 * len(order), 0.6 + 0.5 * len(order)), layout="constrained")
+    fontsize = "10pt" if n <= 12 else "8pt"
+    labels = [
+        hv.Labels(
+            [(x, y, f"{v:.2f}") for x, y, v in data if (abs(v) > 0.6) == dark],
+            kdims=["band", "band2"], vdims=["text"],
+        ).opts(text_font_size=fontsize, text_color="white" if dark else "black")
+        for dark in (True, False)
+    ]  # fmt: skip
+    inch = 0.62 if n > 6 else 0.8
+    fig = Figure(figsize=(1.6 + inch * n, 0.9 + inch * n), layout="constrained")
     ax = fig.subplots()
     im = ax.imshow(c, cmap="RdBu_r", vmin=-1, vmax=1)
-    ax.set_xticks(range(len(order)), order, rotation=45)
-    ax.set_yticks(range(len(order)), order)
-    for i in range(len(order)):
-        for j in range(len(order)):
+    ax.set_xticks(range(n), order, rotation=45)
+    ax.set_yticks(range(n), order)
+    ax.set(xlabel="band", ylabel="band")
+    for i in range(n):
+        for j in range(n):
             ax.text(
                 j,
                 i,
                 f"{c[i, j]:.2f}",
                 ha="center",
                 va="center",
-                fontsize=7,
+                fontsize=8,
                 color="white" if abs(c[i, j]) > 0.6 else "black",
             )
     start = 0
     for g in band_groups or []:
         ax.add_patch(_rect(start - 0.5, len(g)))
         start += len(g)
-    fig.colorbar(im, ax=ax, shrink=0.8, label="r")
-    ax.set_title(f"{m.name} correlation ({group})")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="Pearson r")
+    ax.set_title(title + ("\n(boxes: discovered band groups)" if band_groups else ""), fontsize=10)
     name = f"corr_{m.alias}" + ("" if group == "all" else "_" + group.replace(":", "_"))
-    return _finish(heat * labels, fig, output_dir, name, interactive)
+    return _finish(hv.Overlay([heat, *labels]), fig, output_dir, name, interactive)
 
 
 def _rect(x0: float, n: int) -> Any:
@@ -313,22 +365,31 @@ def plot_overview(
     interactive: bool = True,
     catalog: Catalog | None = None,
 ) -> ExplorePlot:
-    """Patches per domain and split; COSIA class distribution per split (official colours)."""
+    """Patches per domain and split; COSIA class distribution per split (official colours for
+    classes, hatching and a legend for splits)."""
+    from matplotlib.patches import Patch
+
     hv, cat = _hv(), catalog or load_catalog()
     idx = index.assign(split=index["split"].fillna("none") if "split" in index else "all")
     counts = idx.groupby(["domain", "split"]).size().rename("patches").reset_index()
     pivot = counts.pivot(index="domain", columns="split", values="patches").fillna(0)
+    split_colors = dict(zip(pivot.columns, PALETTE, strict=False))
     has_cls = stats is not None and "cosia" in stats.class_counts
-    fig = Figure(figsize=(12 if has_cls else 6, 3.8), layout="constrained")
+    fig = Figure(figsize=(12 if has_cls else 6, 4.2), layout="constrained")
     axes = np.atleast_1d(
         fig.subplots(1, 2 if has_cls else 1, width_ratios=[1, 2.2] if has_cls else None)
     )
-    pivot.plot.bar(stacked=True, ax=axes[0], color=PALETTE[: pivot.shape[1]], rot=45)
-    axes[0].set(ylabel="patches", title=f"{len(idx)} patches, {len(pivot)} domains")
+    pivot.plot.bar(stacked=True, ax=axes[0], color=list(split_colors.values()), rot=45)
+    axes[0].set(ylabel="patches", xlabel="domain (department-year)",
+                title=f"{len(idx)} patches in {len(pivot)} domains")  # fmt: skip
+    axes[0].legend(title="split", fontsize=8)
     bars = hv.Bars(counts, ["domain", "split"], "patches").opts(
-        stacked=True, width=420, height=320, xrotation=45, tools=["hover"], title="patches"
-    )
+        stacked=True, width=NOTEBOOK_WIDTH, height=300, xrotation=45, tools=["hover"],
+        title=f"{len(idx)} patches per domain and split", cmap=split_colors,
+        legend_position="top_right", xlabel="domain (department-year)", ylabel="patches",
+    )  # fmt: skip
     if not has_cls:
+        fig.suptitle("Dataset overview")
         return _finish(bars, fig, output_dir, "overview", interactive)
     nom = cat.nomenclature("cosia")
     cc = stats.class_counts["cosia"].to_frame(nom.names)
@@ -336,6 +397,7 @@ def plot_overview(
     share = share / share.sum(axis=0).replace(0, 1)
     colors = class_colors("cosia", cat)
     width = 0.8 / share.shape[1]
+    hatches = ["", "//", "..", "xx", "\\\\"]
     for k, split in enumerate(share.columns):
         axes[1].bar(
             share.index + (k - (share.shape[1] - 1) / 2) * width,
@@ -344,8 +406,7 @@ def plot_overview(
             color=[colors[i] for i in share.index],
             edgecolor="k",
             linewidth=0.4,
-            hatch=["", "//", ".."][k % 3],
-            label=split,
+            hatch=hatches[k % len(hatches)],
         )
     axes[1].set_xticks(
         share.index,
@@ -354,18 +415,28 @@ def plot_overview(
         ha="right",
         fontsize=7,
     )
-    axes[1].set(ylabel="share of labelled pixels", title="COSIA classes per split")
-    axes[1].legend(fontsize=8)
+    axes[1].set(ylabel="share of labelled pixels", xlabel="COSIA class",
+                title="COSIA classes per split (bar colour: class, hatching: split)")  # fmt: skip
+    axes[1].legend(
+        handles=[Patch(facecolor="white", edgecolor="k", hatch=hatches[k % len(hatches)] * 2,
+                       label=split) for k, split in enumerate(share.columns)],
+        title="split", fontsize=8,
+    )  # fmt: skip
+    fig.suptitle("Dataset overview")
     tidy = share.reset_index().melt("class_id", var_name="split", value_name="share")
     tidy["class"] = [f"{i:02d} {nom.names[i]}" for i in tidy["class_id"]]
     cbars = hv.Bars(tidy, ["class", "split"], "share").opts(
-        width=720,
-        height=320,
+        width=NOTEBOOK_WIDTH,
+        height=380,
         xrotation=60,
         tools=["hover"],
-        title="COSIA classes per split",
+        title="COSIA classes: share of labelled pixels per split",
         multi_level=False,
         color="split",
-        cmap=PALETTE,
+        cmap={sp: split_colors.get(sp, "#7f7f7f") for sp in share.columns},
+        show_legend=True,
+        legend_position="top_right",
+        xlabel="COSIA class",
+        ylabel="share of labelled pixels",
     )
-    return _finish(bars + cbars, fig, output_dir, "overview", interactive)
+    return _finish((bars + cbars).cols(1), fig, output_dir, "overview", interactive)

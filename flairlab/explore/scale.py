@@ -193,15 +193,18 @@ def ensure_sample(
     source: str = "sample",
     n_patches: int | None = None,
     seed: int = 0,
+    zone: int | None = None,
 ) -> Path:
     """Root of a catalog source. A `generate: true` source (the sample) is written by
-    `flairlab.data.sample` when missing or unfinished (`n_patches=None`: its default subset)."""
+    `flairlab.data.sample` when missing or unfinished (`n_patches=None`: its default subset;
+    `zone=None`: its default zone of extra patches)."""
     cat = catalog or load_catalog()
     root = cat.source_root(source)
     src = cat.sources[source]
     if not src.generate:
-        split_files = any((root / f).is_file() for f in src.splits.values())
-        if root.is_dir() and (split_files or any(root.glob("*_AERIAL_RGBI"))):
+        from flairlab.data.index import split_csvs
+
+        if root.is_dir() and (split_csvs(root, src.splits) or any(root.glob("*_AERIAL_RGBI"))):
             return root
         raise DataError(
             f"data source {source!r} not found; download FLAIR-HUB there or set "
@@ -213,17 +216,21 @@ def ensure_sample(
     from flairlab.data import sample
 
     n = sample.DEFAULT_N_PATCHES if n_patches is None else n_patches
-    return sample.ensure_sample(root, n_patches=n, seed=seed)
+    z = sample.DEFAULT_ZONE if zone is None else zone
+    return sample.ensure_sample(root, n_patches=n, seed=seed, zone=z)
 
 
 def resolve_root(
-    source: str | Path = "sample", sample_patches: int | None = None, catalog: Catalog | None = None
+    source: str | Path = "sample",
+    sample_patches: int | None = None,
+    catalog: Catalog | None = None,
+    sample_zone: int | None = None,
 ) -> Path:
     """Dataset folder of a catalog source name (the sample is generated when missing) or of a
     path given directly."""
     cat = catalog or load_catalog()
     if isinstance(source, str) and source in cat.sources:
-        return ensure_sample(cat, source, n_patches=sample_patches)
+        return ensure_sample(cat, source, n_patches=sample_patches, zone=sample_zone)
     root = Path(source).expanduser()
     if not root.is_dir():
         raise DataError(
@@ -245,17 +252,14 @@ def select_patches(
 ) -> pd.DataFrame:
     """Patch index of a catalog source name or a dataset folder, optionally one split and a
     seeded random subset of `n_patches` (kept in patch-id order)."""
-    from flairlab.data.index import index_patches, source_index
+    from flairlab.data.index import index_dataset, source_index
 
     cat = catalog or load_catalog()
     if isinstance(source_or_root, str) and source_or_root in cat.sources:
         resolve_root(source_or_root, catalog=cat)
         df = source_index(source_or_root, cat)
     else:
-        root = resolve_root(source_or_root, catalog=cat)
-        names = dict.fromkeys(n for src in cat.sources.values() for n in src.splits.values())
-        csvs = [root / n for n in names if (root / n).is_file()]
-        df = index_patches(csvs, root, cat) if csvs else index_patches(root, catalog=cat)
+        df = index_dataset(resolve_root(source_or_root, catalog=cat), cat)
     if split:
         if "split" not in df.columns:
             raise DataError("index has no split column", expected=split, found="no splits")

@@ -15,6 +15,7 @@ image overlays embedded as PNG `data:` URLs. Two renderers share the same `Overl
 from __future__ import annotations
 
 import base64
+import html
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -141,6 +142,12 @@ def to_web_mercator(
     return out, valid.astype(bool), [[south, west], [north, east]]
 
 
+def html_text(value: object) -> str:
+    """`value` as HTML text: `<`, `>`, `&`, `"`, `'` escaped (safe in elements and attributes).
+    The escaping discipline of every map page is described in `flairlab.maps.html_map`."""
+    return html.escape(str(value), quote=True)
+
+
 def _hex_rgb(color: str) -> tuple[int, int, int]:
     return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
 
@@ -226,10 +233,11 @@ def zone_overlays(
     result: Any,
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    opacity: float = 0.8,
+    opacity: float = 0.6,
     catalog: Catalog | None = None,
 ) -> list[Overlay]:
-    """Overlays for a `flairlab.maps.predict.ZoneResult`: aerial, prediction, truth, errors."""
+    """Overlays for a `flairlab.maps.predict.ZoneResult`: aerial, prediction, truth, errors;
+    class layers at `opacity` so that the aerial image shows through them."""
     out = []
     if result.aerial:
         out.append(rgb_overlay(result.aerial, max_pixels=max_pixels))
@@ -242,6 +250,32 @@ def zone_overlays(
     if result.error is not None:
         out.append(error_overlay(result.error, max_pixels=max_pixels, opacity=opacity, show=False))
     return out
+
+
+def zone_info(
+    result: Any, checkpoint: str | Path | None = None, modalities: Sequence[str] = ()
+) -> tuple[str, dict[str, str]]:
+    """(heading, rows) describing a `ZoneResult` for a map page: zone, patches and extent, the
+    model (checkpoint file and its run step, or "untrained"), its inputs and the zone metrics."""
+    with rasterio.open(result.prediction) as ds:
+        b = ds.bounds
+    extent = f"{(b.right - b.left) / 1e3:.2f} × {(b.top - b.bottom) / 1e3:.2f} km"
+    n = len(result.patch_ids)
+    rows = {"zone": f"{result.zone}: {n} patch{'es' if n != 1 else ''}, {extent} (EPSG:2154)"}
+    if checkpoint:
+        ck = Path(checkpoint)
+        rows["model"] = f"{ck.parent.name}/{ck.name}" if ck.parent.name else ck.name
+    else:
+        rows["model"] = "untrained (fresh weights): a pipeline check, its map is noise"
+    if modalities:
+        rows["inputs"] = ", ".join(modalities)
+    m = result.metrics or {}
+    if m.get("oa") is not None:
+        rows["metrics"] = (f"OA {m['oa']:.3f}, mIoU {m['miou']:.3f} on "
+                           f"{m.get('n_evaluated_px', 0):,} labelled pixels")  # fmt: skip
+    else:
+        rows["metrics"] = "no ground truth in this zone"
+    return f"{result.zone}: prediction vs ground truth", rows
 
 
 def legend_entries(
@@ -324,7 +358,7 @@ def interactive_map(
         layer = ipyleaflet.ImageOverlay(
             url=ov.data_url(),
             bounds=ov.bounds,
-            name=ov.name,
+            name=html_text(ov.name),  # the layer control and the legend render HTML
             opacity=ov.opacity,
             visible=ov.show,
             **kw,
@@ -345,7 +379,8 @@ def interactive_map(
     m.add(ipyleaflet.WidgetControl(widget=widgets.VBox(sliders), position="topright"))
     entries = legend_entries(overlays, nomenclature, catalog)
     if entries:
-        m.add_legend(title=legend_title, legend_dict=entries, position="bottomright")
+        m.add_legend(title=html_text(legend_title), position="bottomright",
+                     legend_dict={html_text(k): c for k, c in entries.items()})  # fmt: skip
     if panes:
         left, right = (layers[n] for n in panes)
         m.add(ipyleaflet.SplitMapControl(left_layer=left, right_layer=right))
@@ -410,6 +445,8 @@ def plot_zone(result: Any, *, max_pixels: int = 1_000_000, catalog: Catalog | No
         fontsize=8,
         frameon=False,
     )
-    fig.suptitle(f"{result.zone}: {len(result.patch_ids)} patch(es)")
+    m = result.metrics or {}
+    scores = f" · OA {m['oa']:.3f}, mIoU {m['miou']:.3f}" if m.get("oa") is not None else ""
+    fig.suptitle(f"{result.zone}: {len(result.patch_ids)} patch(es){scores}")
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig

@@ -6,6 +6,11 @@ GeoTIFF transforms (never from the `R-C` in their names). Where patches overlap,
 are averaged with per-pixel weights (`blend="average"`: flat; `"smooth"`: a raised-cosine window
 that favours patch centres); where nothing was predicted the class raster holds nodata (255).
 `flairlab.maps.predict` runs the model and feeds these pieces.
+
+Memory and disk scale with the patches, not with the zone's bounding box: a zone is cut into
+connected groups of patches (`patch_groups`: footprints that overlap or touch), each accumulated
+on its own small grid (`ZoneGrid.subgrid`), and the zone rasters are written window by window
+(`SparseRaster`: a tiled GeoTIFF whose empty tiles are never stored, then a COG).
 """
 
 from __future__ import annotations
@@ -71,13 +76,57 @@ class ZoneGrid:
         (r, c), (h, w) = self.offsets[pid], self.shapes[pid]
         return slice(r, r + h), slice(c, c + w)
 
+    def subgrid(self, pids: Sequence[str]) -> tuple[ZoneGrid, tuple[int, int]]:
+        """The grid of `pids` alone (their bounding box) and its (row, col) in this grid."""
+        r0 = min(self.offsets[p][0] for p in pids)
+        c0 = min(self.offsets[p][1] for p in pids)
+        h = max(self.offsets[p][0] + self.shapes[p][0] for p in pids) - r0
+        w = max(self.offsets[p][1] + self.shapes[p][1] for p in pids) - c0
+        offsets = {p: (self.offsets[p][0] - r0, self.offsets[p][1] - c0) for p in pids}
+        sub = ZoneGrid(self.crs, self.transform @ Affine.translation(c0, r0), h, w, offsets,
+                       {p: self.shapes[p] for p in pids})  # fmt: skip
+        return sub, (r0, c0)
+
+
+def patch_groups(grid: ZoneGrid) -> list[list[str]]:
+    """Connected groups of a zone's patches: footprints that overlap or touch (corners too) are
+    in one group. Groups in order of their first patch in `grid.offsets`, patches in that order.
+    """
+    pids = list(grid.offsets)
+    parent = list(range(len(pids)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    boxes = [(*grid.offsets[p], *grid.shapes[p]) for p in pids]  # (row, col, h, w)
+    order = sorted(range(len(pids)), key=lambda i: boxes[i][0])
+    for a_pos, i in enumerate(order):  # sweep by row: only boxes starting above i's bottom
+        ri, ci, hi, wi = boxes[i]
+        for j in order[a_pos + 1 :]:
+            rj, cj, _, wj = boxes[j]
+            if rj > ri + hi:
+                break
+            if cj <= ci + wi and ci <= cj + wj:
+                parent[root(j)] = root(i)
+    groups: dict[int, list[str]] = {}
+    for i, p in enumerate(pids):
+        groups.setdefault(root(i), []).append(p)
+    return list(groups.values())
+
 
 def zone_grid(geos: Mapping[str, PatchGeo], tol_px: float = 1e-3) -> ZoneGrid:
     """Zone grid from patch geometries; patches must share CRS and pixel size and sit on one
-    pixel lattice (offsets within `tol_px` of whole pixels), otherwise DataError."""
+    pixel lattice (offsets within `tol_px` of whole pixels), otherwise DataError naming the odd
+    patch out (against the CRS and pixel size most patches share)."""
     if not geos:
         raise DataError("no patches to mosaic", expected=">= 1 patch", found=0)
-    first = next(iter(geos.values()))
+    kinds = [(g.crs.to_string(), round(g.transform.a, 9), round(g.transform.e, 9))
+             for g in geos.values()]  # fmt: skip
+    common = max(set(kinds), key=kinds.count)
+    first = next(g for g, k in zip(geos.values(), kinds, strict=True) if k == common)
     xres, yres = first.transform.a, -first.transform.e
     for pid, g in geos.items():
         if g.crs != first.crs:
@@ -129,8 +178,9 @@ def blend_weights(h: int, w: int, kind: str = "average", floor: float = 1e-3) ->
 
 # -- accumulation ---------------------------------------------------------------------------------
 class ZoneMosaic:
-    """Weighted sum of patch probabilities on a ZoneGrid. Big zones (> `max_bytes`) accumulate in
-    a memory-mapped file under `workdir`."""
+    """Weighted sum of patch probabilities on a ZoneGrid (one connected group of patches, see
+    `patch_groups`). Big grids (> `max_bytes`) accumulate in a memory-mapped file under
+    `workdir`."""
 
     def __init__(
         self,
@@ -138,7 +188,7 @@ class ZoneMosaic:
         n_classes: int,
         blend: str = "average",
         workdir: str | Path | None = None,
-        max_bytes: int = 2**31,
+        max_bytes: int = 2**29,
     ) -> None:
         self.grid, self.n_classes, self.blend = grid, n_classes, blend
         shape = (n_classes, grid.height, grid.width)
@@ -227,25 +277,102 @@ def error_map(pred: np.ndarray, truth: np.ndarray, ignored: Sequence[int] = ()) 
     return out
 
 
-def zone_metrics(pred: np.ndarray, truth: np.ndarray, nom: Any) -> dict[str, Any]:
-    """IGN/MAESTRO metrics (`flairlab.training.metrics`) over pixels whose truth is an evaluated
-    class; predicted-but-ignored classes still count as errors."""
-    from flairlab.training.metrics import metrics_from_confusion
-
+def zone_confusion(pred: np.ndarray, truth: np.ndarray, nom: Any) -> np.ndarray:
+    """(n, n) int64 confusion counts (rows: truth) over pixels whose truth is an evaluated class
+    and that were predicted; add them up over the groups of a zone."""
     ok = (pred != NODATA) & np.isin(truth, nom.evaluated_ids)
     n = nom.n_classes
     t, p = truth[ok].astype(np.int64), pred[ok].astype(np.int64)
-    cm = np.bincount(t * n + p, minlength=n * n).reshape(n, n)
+    return np.bincount(t * n + p, minlength=n * n).reshape(n, n)
+
+
+def metrics_of_confusion(cm: np.ndarray, nom: Any) -> dict[str, Any]:
+    """IGN/MAESTRO metrics (`flairlab.training.metrics`) of `zone_confusion` counts;
+    predicted-but-ignored classes still count as errors."""
+    from flairlab.training.metrics import metrics_from_confusion
+
     m = metrics_from_confusion(cm, nom.names)
     return {
-        "n_evaluated_px": int(ok.sum()),
+        "n_evaluated_px": int(cm.sum()),
         "oa": m["oa"],
         "miou": m["miou"],
         "iou": {k: v["iou"] for k, v in m["per_class"].items() if v["support"] > 0},
     }
 
 
+def zone_metrics(pred: np.ndarray, truth: np.ndarray, nom: Any) -> dict[str, Any]:
+    """Metrics over pixels whose truth is an evaluated class (see `metrics_of_confusion`)."""
+    return metrics_of_confusion(zone_confusion(pred, truth, nom), nom)
+
+
 # -- writing --------------------------------------------------------------------------------------
+class SparseRaster:
+    """A raster of a whole zone grid written window by window, then published as a COG.
+
+    Pixels go to a tiled GeoTIFF (`sparse_ok`: tiles never written are not stored and read as
+    nodata), so memory and disk follow the windows written, not the grid's size; `finish` turns
+    it into a Cloud-Optimized GeoTIFF (GDAL COG driver: 256 px tiles, deflate, internal
+    overviews built with `resampling`) under a temporary name, renamed when complete, so a
+    reader never sees half a file. `abort` removes everything."""
+
+    def __init__(
+        self, path: str | Path, *, count: int, dtype: str, width: int, height: int,
+        transform: Affine, crs: CRS, nodata: int | float | None = NODATA,
+        colormap: Mapping[int, tuple] | None = None,
+    ) -> None:  # fmt: skip
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.parts.tif")
+        self._cog = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp.tif")
+        self.nodata = nodata
+        self._ds = rasterio.open(
+            self._tmp, "w", driver="GTiff", width=width, height=height, count=count,
+            dtype=dtype, crs=crs, transform=transform, nodata=nodata, tiled=True,
+            blockxsize=256, blockysize=256, sparse_ok=True, compress="deflate",
+            interleave="pixel" if count > 1 else "band",
+        )  # fmt: skip
+        if colormap is not None:  # before any pixel: GDAL fixes the photometric tag then
+            self._ds.write_colormap(1, {int(k): (*v[:3], 255) for k, v in colormap.items()})
+
+    def write(self, data: np.ndarray, row: int = 0, col: int = 0) -> None:
+        """Write (H, W) or (C, H, W) `data` with its upper-left pixel at (row, col)."""
+        arr = data[None] if data.ndim == 2 else data
+        window = ((row, row + arr.shape[1]), (col, col + arr.shape[2]))
+        self._ds.write(arr, window=window)
+
+    def finish(
+        self,
+        *,
+        descriptions: Sequence[str] | None = None,
+        resampling: str = "nearest",
+        tags: Mapping[str, Any] | None = None,
+    ) -> Path:
+        from rasterio.shutil import copy as copy_raster
+
+        try:
+            for i, d in enumerate(descriptions or [], start=1):
+                self._ds.set_band_description(i, d)
+            if tags:
+                self._ds.update_tags(**{k: str(v) for k, v in tags.items()})
+            self._ds.close()
+            with rasterio.Env(GDAL_CACHEMAX=128):  # MB: the copy streams tile by tile
+                copy_raster(self._tmp, self._cog, driver="COG", blocksize=256,
+                            compress="deflate", overview_resampling=resampling,
+                            sparse_ok=True)  # fmt: skip
+            os.replace(self._cog, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self._tmp.unlink(missing_ok=True)
+        return self.path
+
+    def abort(self) -> None:
+        if not self._ds.closed:
+            self._ds.close()
+        self._tmp.unlink(missing_ok=True)
+        self._cog.unlink(missing_ok=True)
+
+
 def write_cog(
     path: str | Path,
     data: np.ndarray,
@@ -258,27 +385,14 @@ def write_cog(
     resampling: str = "nearest",
     tags: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write (H, W) or (C, H, W) as a Cloud-Optimized GeoTIFF (GDAL COG driver: 256 px tiles,
-    deflate, internal overviews built with `resampling`). Written to a temporary name, then
-    renamed, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write (H, W) or (C, H, W) as a Cloud-Optimized GeoTIFF (see `SparseRaster`)."""
     arr = data[None] if data.ndim == 2 else data
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.tif")
-    profile = dict(driver="COG", width=arr.shape[2], height=arr.shape[1], count=arr.shape[0],
-                   dtype=arr.dtype.name, crs=crs, transform=transform, nodata=nodata,
-                   blocksize=256, compress="deflate", overview_resampling=resampling)  # fmt: skip
+    c, h, w = arr.shape
+    out = SparseRaster(path, count=c, dtype=arr.dtype.name, width=w, height=h,
+                       transform=transform, crs=crs, nodata=nodata, colormap=colormap)  # fmt: skip
     try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(arr)
-            if colormap is not None:
-                dst.write_colormap(1, {int(k): (*v[:3], 255) for k, v in colormap.items()})
-            for i, d in enumerate(descriptions or [], start=1):
-                dst.set_band_description(i, d)
-            if tags:
-                dst.update_tags(**{k: str(v) for k, v in tags.items()})
+        out.write(arr)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        out.abort()
         raise
-    os.replace(tmp, path)
-    return path
+    return out.finish(descriptions=descriptions, resampling=resampling, tags=tags)

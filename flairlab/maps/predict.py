@@ -2,7 +2,13 @@
 
 Patch probabilities are mosaicked per zone (every selected patch of one `DOMAIN_ROI`) on the
 Lambert-93 grid of the patches' GeoTIFFs by `flairlab.maps.mosaic` (flat or raised-cosine blending
-where patches overlap; nodata 255 where nothing was predicted).
+where patches overlap; nodata 255 where nothing was predicted), one connected group of patches at
+a time, so memory and disk follow the patches predicted, not the zone's bounding box.
+
+Before anything is predicted, every patch's files (georeference, label, model inputs) are checked
+against the catalog (CRS, size, footprint) and against each other (same ground): a shifted or
+swapped raster is a DataError naming that file. `predict` refuses a non-empty output folder
+unless `overwrite=True` (`--overwrite`).
 
 Outputs per zone (`<out>/<DOMAIN_ROI>_*.tif`, EPSG of the patches, COG layout, deflate):
 `prediction` (uint8 class ids + the nomenclature's colour table), optional `probabilities`
@@ -28,19 +34,22 @@ from tqdm.auto import tqdm
 from flairlab.data.catalog import Catalog, load_catalog
 from flairlab.data.errors import DataError
 from flairlab.data.index import parse_patch_id
+from flairlab.data.reader import check_footprints, validate_header
 from flairlab.data.results import write_json_atomic
 from flairlab.maps.mosaic import (
     ERROR_COLORS,
     NODATA,
     PROB_SCALE,
     PatchGeo,
+    SparseRaster,
     ZoneMosaic,
     error_map,
+    metrics_of_confusion,
+    patch_groups,
     read_label,
     read_patch_geo,
-    write_cog,
+    zone_confusion,
     zone_grid,
-    zone_metrics,
 )
 
 PredictFn = Callable[[dict[str, Any]], torch.Tensor]
@@ -100,58 +109,103 @@ def predict_zone(
     probabilities: bool = False,
     catalog: Catalog | None = None,
 ) -> ZoneResult:
-    """Predict every patch of `geos` from `batches`, mosaic them and write the zone's COGs."""
+    """Predict every patch of `geos` from `batches`, mosaic them and write the zone's COGs.
+
+    Each connected group of patches (`patch_groups`) is mosaicked on its own grid and written
+    into the zone rasters as soon as its last patch is predicted; batches ordered group by group
+    (as `predict` does) keep one group in memory at a time."""
     cat = catalog or load_catalog()
     nom = cat.nomenclature(nomenclature)
     grid, out_dir = zone_grid(geos), Path(out_dir)
-    mosaic: ZoneMosaic | None = None
+    groups = patch_groups(grid)
+    group_of = {pid: g for g, pids in enumerate(groups) for pid in pids}
+    todo = {g: set(pids) for g, pids in enumerate(groups)}
+    live: dict[int, tuple[ZoneMosaic, tuple[int, int]]] = {}
+    outs: dict[str, SparseRaster] = {}
+    cm = np.zeros((nom.n_classes, nom.n_classes), np.int64)
+    labels = dict(labels or {})
+
+    def raster(kind: str, count: int = 1, colormap: Mapping | None = None) -> SparseRaster:
+        return SparseRaster(out_dir / f"{zone}_{kind}.tif", count=count, dtype="uint8",
+                            width=grid.width, height=grid.height, transform=grid.transform,
+                            crs=grid.crs, colormap=colormap)  # fmt: skip
+
+    def flush(g: int) -> None:  # a finished group: classes, probabilities, truth, errors
+        nonlocal cm
+        mosaic, (r0, c0) = live.pop(g)
+        pred = mosaic.classes()
+        outs["prediction"].write(pred, r0, c0)
+        if probabilities:
+            outs["probabilities"].write(mosaic.probabilities_uint8(), r0, c0)
+        mosaic.close()
+        if labels:
+            truth = np.full(pred.shape, NODATA, np.uint8)
+            for pid in groups[g]:
+                if pid in labels:
+                    truth[mosaic.grid.window(pid)] = read_label(labels[pid], nomenclature, cat)
+            outs["truth"].write(truth, r0, c0)
+            outs["error"].write(error_map(pred, truth, nom.ignored_ids), r0, c0)
+            cm += zone_confusion(pred, truth, nom)
+
     try:
         for pid, p in iter_predictions(predict_fn, batches, logits=logits):
-            if mosaic is None:
+            if not outs:
                 if p.shape[0] > nom.n_classes:
                     raise DataError(
                         f"predict_fn returns {p.shape[0]} classes",
                         expected=f"<= {nom.n_classes} ({nomenclature})",
                         found=p.shape[0],
                     )
-                mosaic = ZoneMosaic(grid, p.shape[0], blend, workdir=out_dir)
-            mosaic.add(pid, p)
-        missing = sorted(set(geos) - (mosaic.seen if mosaic else set()))
-        if missing:
+                n_classes = p.shape[0]
+                outs["prediction"] = raster("prediction", colormap=nom.colors())
+                if probabilities:
+                    outs["probabilities"] = raster("probabilities", n_classes)
+                if labels:
+                    outs["truth"] = raster("truth", colormap=nom.colors())
+                    outs["error"] = raster("error", colormap=ERROR_COLORS)
+            if pid not in group_of:
+                raise DataError(f"prediction for patch {pid}, which is not in zone {zone}",
+                                expected=sorted(group_of)[:3], found=pid)  # fmt: skip
+            g = group_of[pid]
+            if g not in live:
+                if not todo[g]:
+                    raise DataError(f"patch {pid} predicted twice", expected="once", found=2)
+                sub, origin = grid.subgrid(groups[g])
+                live[g] = (ZoneMosaic(sub, n_classes, blend, workdir=out_dir), origin)
+            live[g][0].add(pid, p)
+            todo[g].discard(pid)
+            if not todo[g]:
+                flush(g)
+        missing = sorted(pid for g in todo.values() for pid in g)
+        if missing or not outs:
             raise DataError(
-                f"zone {zone}: no prediction for {len(missing)} patch(es)",
+                f"zone {zone}: no prediction for {len(missing) or len(geos)} patch(es)",
                 expected="every patch of the zone",
-                found=missing[:5],
+                found=(missing or sorted(geos))[:5],
             )
-        pred = mosaic.classes()
         tags = dict(zone=zone, nomenclature=nomenclature, blend=blend, patches=len(geos))
-
-        def write(kind: str, data: np.ndarray, **kw: Any) -> Path:
-            return write_cog(out_dir / f"{zone}_{kind}.tif", data, transform=grid.transform,
-                             crs=grid.crs, tags={**tags, **kw.pop("tags", {})}, **kw)  # fmt: skip
-
-        colors = nom.colors()
-        res = ZoneResult(zone, sorted(geos), write("prediction", pred, colormap=colors,
-                         descriptions=[f"{nomenclature} class"], resampling="mode"),
-                         nomenclature=nomenclature)  # fmt: skip
+        res = ZoneResult(zone, sorted(geos), outs["prediction"].finish(
+            descriptions=[f"{nomenclature} class"], resampling="mode", tags=tags),
+            nomenclature=nomenclature)  # fmt: skip
         if probabilities:
-            res.probabilities = write(
-                "probabilities", mosaic.probabilities_uint8(), resampling="average",
-                descriptions=nom.names[: mosaic.n_classes], tags={"scale": f"1/{PROB_SCALE:g}"},
+            res.probabilities = outs["probabilities"].finish(
+                resampling="average", descriptions=nom.names[:n_classes],
+                tags={**tags, "scale": f"1/{PROB_SCALE:g}"},
             )  # fmt: skip
+        if labels:
+            res.truth = outs["truth"].finish(resampling="mode", tags=tags,
+                                             descriptions=[f"{nomenclature} label"])  # fmt: skip
+            res.error = outs["error"].finish(
+                tags=tags, descriptions=["0 correct, 1 wrong, 255 not evaluated"]
+            )
+            res.metrics = metrics_of_confusion(cm, nom)
+    except BaseException:
+        for out in outs.values():
+            out.abort()
+        raise
     finally:
-        if mosaic is not None:
+        for mosaic, _ in live.values():
             mosaic.close()
-    if labels:
-        truth = np.full(pred.shape, NODATA, np.uint8)
-        for pid in geos:
-            if pid in labels:
-                truth[grid.window(pid)] = read_label(labels[pid], nomenclature, cat)
-        res.truth = write("truth", truth, colormap=colors, resampling="mode",
-                          descriptions=[f"{nomenclature} label"])  # fmt: skip
-        res.error = write("error", error_map(pred, truth, nom.ignored_ids), colormap=ERROR_COLORS,
-                          descriptions=["0 correct, 1 wrong, 255 not evaluated"])  # fmt: skip
-        res.metrics = zone_metrics(pred, truth, nom)
     return res
 
 
@@ -186,6 +240,25 @@ def select_patches(
     elif not split:
         raise DataError("nothing selected", expected="zone, patches or split", found="none")
     return list(df.index)
+
+
+def check_patch_files(
+    pid: str, row: Any, used: Sequence[str], catalog: Catalog, witnesses: Sequence[str] = ()
+) -> None:
+    """The files of one patch that a prediction combines (`used`: georeference, inputs, label;
+    headers only) against the catalog (CRS, size, footprint), then against each other
+    (`check_footprints`); the patch's other files (`witnesses`) only help decide which footprint
+    is right. DataError naming the faulty file."""
+    infos = {}
+    for col in dict.fromkeys([*used, *witnesses]):
+        if col not in row.index or _isna(row[col]):
+            continue
+        try:
+            infos[col] = validate_header(row[col], col, catalog)
+        except DataError:
+            if col in used:
+                raise
+    check_footprints(pid, infos, only=[c for c in used if c in infos])
 
 
 def group_by_zone(patch_ids: Iterable[str]) -> dict[str, list[str]]:
@@ -239,12 +312,16 @@ def predict(
     batches_for: Callable[[list[str]], Iterable[dict[str, Any]]] | None = None,
     catalog: Catalog | None = None,
     index: Any = None,
+    overwrite: bool = False,
 ) -> list[ZoneResult]:
     """Predict `patch_ids` of the dataset at `root` (folder or catalog source name), one mosaic
     per zone; writes the COGs and `<out_dir>/predictions.json`. Georeferencing comes from each
     patch's AERIAL_RGBI file (else its label file); truth/error when labels exist. `index`:
-    the dataset's patch index if the caller built it (the root is resolved and indexed once)."""
+    the dataset's patch index if the caller built it (the root is resolved and indexed once).
+    `out_dir` must be empty or new unless `overwrite`. Every file used is checked first
+    (`check_patch_files`)."""
     from flairlab.data.dataset import dataset_index
+    from flairlab.data.results import start_run
 
     cat = catalog or load_catalog()
     if isinstance(root, str) and root in cat.sources:
@@ -254,8 +331,10 @@ def predict(
         index = dataset_index(root, cat)
     select_patches(index, patches=list(patch_ids))  # unknown ids -> DataError
     label_col = LABEL_MODALITY.get(nomenclature)
-    results = []
-    for zone, pids in tqdm(group_by_zone(patch_ids).items(), desc="zones", unit="zone"):
+    zones = group_by_zone(patch_ids)
+    inputs = [cat.modality(m).name for m in modalities] if batches_for is None else []
+    geo_by_zone = {}
+    for pids in zones.values():  # all checks before anything is written
         rows = index.loc[pids]
         geo_paths = rows["AERIAL_RGBI"].fillna(
             rows[label_col] if label_col else rows["AERIAL_RGBI"]
@@ -266,7 +345,16 @@ def predict(
                 "label file to georeference it",
                 path=root,
             )
-        geos = {pid: read_patch_geo(p) for pid, p in geo_paths.items()}
+        for pid in pids:
+            used = ["AERIAL_RGBI", *inputs, *([label_col] if label_col else [])]
+            check_patch_files(pid, rows.loc[pid], used, cat, witnesses=cat.modality_names)
+        geo_by_zone[tuple(pids)] = {pid: read_patch_geo(p) for pid, p in geo_paths.items()}
+    start_run(out_dir, overwrite)
+    results = []
+    for zone, pids in tqdm(zones.items(), desc="zones", unit="zone"):
+        rows = index.loc[pids]
+        geos = geo_by_zone[tuple(pids)]
+        pids = [p for group in patch_groups(zone_grid(geos)) for p in group]  # group by group
         labels = {p: v for p, v in rows[label_col].items() if not _isna(v)} if label_col else {}
         batches = (
             batches_for(pids)
@@ -365,6 +453,7 @@ def _run(args: argparse.Namespace) -> int:
         probabilities=args.probabilities,
         catalog=cat,
         index=index,
+        overwrite=args.overwrite,
     )
     for r in results:
         line = f"{r.zone}: {len(r.patch_ids)} patches -> {r.prediction}"
@@ -394,4 +483,5 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--modalities", default="aerial", help="fresh model's inputs (no checkpoint)")
     p.add_argument("--html", action="store_true", help="also export an offline HTML map per zone")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     p.set_defaults(func=_run)

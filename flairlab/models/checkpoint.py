@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,6 +32,7 @@ from flairlab.models.mae import MAE
 from flairlab.models.mae_config import MAEConfig, architecture_diff
 
 LATEST = "latest.json"
+STEP_DIR = re.compile(r"^step_\d{7,}$")  # the only folder names latest.json may point at
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -69,16 +71,30 @@ def save_checkpoint(
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder from itself, a `checkpoints/` folder or a run folder (latest.json)."""
+    """A checkpoint folder from itself, a `checkpoints/` folder or a run folder (latest.json).
+
+    `latest.json` may only name a `step_NNNNNNN` folder beside it (never a path elsewhere)."""
     p = Path(path)
     for cand in (p, p / "checkpoints"):
         if (cand / "model.safetensors").exists():
             return cand
         if (cand / LATEST).exists():
-            latest = json.loads((cand / LATEST).read_text(encoding="utf-8"))
-            return cand / latest["dir"]
+            return _latest_dir(cand)
     raise DataError("no checkpoint found", path=p, expected="model.safetensors or latest.json",
                     found="neither")  # fmt: skip
+
+
+def _latest_dir(root: Path) -> Path:
+    latest = read_json(root / LATEST)
+    name = latest.get("dir") if isinstance(latest, dict) else None
+    if not isinstance(name, str) or not STEP_DIR.match(name):
+        raise DataError('"dir" must name a checkpoint folder beside it', path=root / LATEST,
+                        expected='"step_NNNNNNN"', found=repr(name)[:80])  # fmt: skip
+    ckpt = root / name
+    if not (ckpt / "model.safetensors").is_file():
+        raise DataError("checkpoint named by latest.json is missing", path=ckpt,
+                        expected="model.safetensors", found="none")  # fmt: skip
+    return ckpt
 
 
 def _get(d: dict[str, Any], dotted: str) -> Any:
@@ -97,20 +113,55 @@ def describe_diff(names: list[str], saved: dict[str, Any], current: dict[str, An
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a checkpoint file; DataError naming the file when missing or corrupt."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError("checkpoint file missing", path=path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"not valid JSON ({err})", path=path,
+                        expected="a file written by flairlab") from None  # fmt: skip
+    if not isinstance(data, dict):
+        raise DataError("JSON file", path=path, expected="an object", found=type(data).__name__)
+    return data
 
 
 def load_state(ckpt: Path) -> dict[str, Any]:
     """The optimizer/scheduler/RNG state (loaded with weights_only=True)."""
-    return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    path = ckpt / "state.pt"
+    if not path.is_file():
+        raise DataError("checkpoint file missing", path=path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises RuntimeError / UnpicklingError / EOFError
+        raise DataError(f"cannot read training state ({_first_line(err)})", path=path,
+                        expected="a complete state.pt (truncated or corrupt?)") from None
+    if not isinstance(state, dict) or not {"optimizer", "scheduler", "step"} <= set(state):
+        raise DataError("training state", path=path, expected="optimizer, scheduler, step",
+                        found=sorted(state) if isinstance(state, dict) else type(state).__name__)
+    return state
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:160] if lines else ''}"
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; DataError naming the file when missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("weights file missing", path=path)
+    try:
+        return load_file(str(path))
+    except Exception as err:  # SafetensorError, OSError, ...
+        raise DataError(f"cannot read weights ({_first_line(err)})", path=path,
+                        expected="a complete safetensors file (truncated or corrupt?)") from None
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Load safetensors weights strictly; DataError naming missing/unexpected/mis-shaped keys."""
-    state = load_file(path)
+    state = read_safetensors(path)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -314,6 +314,7 @@ class MAE(nn.Module):
         return {k: v.unflatten(2, (self.token_grid(k),) * 2) for k, v in out.items()}
 
     # -- pre-training ----------------------------------------------------------------------
+    @torch.compiler.disable  # data-dependent redraws; eager draws: compiled runs mask identically
     def mask(self, B: int, device: torch.device) -> dict[str, tuple[Tensor, Tensor]]:
         """Draw masks: {unit: (mask (B', L) bool, keep (B', L_vis) int64)} (global torch RNG)."""
         c = self.config

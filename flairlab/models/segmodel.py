@@ -1,8 +1,10 @@
 """Segmentation models for fine-tuning: MAE encoder + attentive head, checkpoints in and out.
 
-* `build_encoder`: a pretrained MAE from a pre-training checkpoint (`X.safetensors` + JSON
-  config; the geometry — image sizes, dates — may change, the architecture may not) restricted
-  to the requested modalities, or a fresh random one with the same construction (scratch).
+* `build_encoder`: a pretrained MAE — from a flairlab pre-training checkpoint (`X.safetensors` +
+  JSON config, or a run folder), a reference MAESTRO checkpoint, or a Hugging Face name such as
+  `IGNF/MAESTRO_FLAIR-HUB_base` (`flairlab.models.pretrained`); the geometry — image sizes,
+  dates — may change, the architecture may not — restricted to the requested modalities, or a
+  fresh random one with the same construction (scratch).
 * `SegmentationModel`: `forward(batch) -> logits (B, n_classes, S, S)` (its loss and
   evaluation live in `flairlab.training.metrics`);
 * task helpers: `n_classes_of`, `class_names`; `autocast` (bf16 on CUDA);
@@ -101,28 +103,6 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 # -- building ----------------------------------------------------------------------------------
-def load_pretrained(checkpoint: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """(state dict, MAE config dict) of a pre-training checkpoint: a `X.safetensors` file with
-    `X.json` beside it, or a checkpoint / run folder (`flairlab.models.checkpoint` layout)."""
-    from safetensors.torch import load_file
-
-    from flairlab.models.checkpoint import resolve_checkpoint
-
-    p = Path(checkpoint)
-    if p.is_file():
-        weights, cfg_path = p, p.with_suffix(".json")
-    elif p.is_dir():
-        ckpt = resolve_checkpoint(p)
-        weights, cfg_path = ckpt / "model.safetensors", ckpt / "model.json"
-    else:
-        raise DataError("checkpoint not found", path=p)
-    if not cfg_path.is_file():
-        raise DataError("checkpoint has no JSON model config beside it", path=weights,
-                        expected=cfg_path.name, found="none")  # fmt: skip
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    return load_file(str(weights)), cfg.get("model", cfg)
-
-
 def build_encoder(
     checkpoint: str | Path | None,
     modalities: list[str],
@@ -140,9 +120,10 @@ def build_encoder(
     (model, info)."""
     from flairlab.models.mae import MAE
     from flairlab.models.mae_config import MAEConfig, flair_modalities
+    from flairlab.models.pretrained import pretrained_state
 
     if checkpoint:
-        state, cfg = load_pretrained(checkpoint)
+        state, cfg, reference = pretrained_state(checkpoint)
         saved = MAEConfig.from_dict(cfg)
         missing = [k for k in modalities if k not in saved.modalities]
         if missing:
@@ -162,7 +143,8 @@ def build_encoder(
             {**saved.to_dict(), "modalities": {k: asdict(m) for k, m in mods.items()}}
         )
         model = MAE(config)
-        info = {"pretrained": None, "architecture_from": str(checkpoint), "loaded_tensors": 0}
+        info = {"pretrained": None, "architecture_from": str(checkpoint), "loaded_tensors": 0,
+                "reference": reference}
         if load_weights:
             own = model.state_dict()
             usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -216,53 +198,114 @@ DECODER_PREFIXES = ("encoder.decoders.", "encoder.enc_to_dec.", "encoder.mask_to
                     "encoder.pixel_heads.")  # fmt: skip
 
 
+# the .json fields that define the model: saved in the weights file too, and checked on load
+MODEL_FIELDS = ("model_config", "modalities", "n_classes", "feature_norm", "grid", "label_size",
+                "task", "geometry", "head", "head_dim")  # fmt: skip
+META_KEY = "flairlab_model"  # safetensors header entry holding those fields (JSON)
+
+
 def save_finetuned(model: SegmentationModel, path: str | Path, meta: dict[str, Any]) -> Path:
     """Weights (without the unused MAE decoder) as safetensors + `<path>.json` describing the
-    model (`model_config`, `task`, `modalities`, `n_classes`, `grid`, `label_size`, …)."""
+    model (`model_config`, `task`, `modalities`, `n_classes`, `grid`, `label_size`, …). The
+    model-defining fields are also stored in the safetensors header, so an edited `.json` is
+    caught by `load_finetuned`."""
     from safetensors.torch import save_file
+
+    from flairlab.data.results import _jsonable
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
              if not k.startswith(DECODER_PREFIXES)}  # fmt: skip
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp))
-    tmp.replace(path)
-    write_json_atomic(path.with_suffix(".json"), {
+    info = _jsonable({
         "model_config": model.encoder.config.to_dict(), "modalities": model.modalities,
         "n_classes": model.head.n_classes,
         "feature_norm": model.head.feature_norm is not None, "grid": model.head.grid,
         "label_size": model.head.out_size, **head_meta(model.head), **meta,
     })  # fmt: skip
+    header = {k: info[k] for k in MODEL_FIELDS if k in info}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp), {"format": "pt", META_KEY: json.dumps(header, sort_keys=True)})
+    tmp.replace(path)
+    write_json_atomic(path.with_suffix(".json"), info)
     return path
+
+
+def _resolve_finetuned(path: Path) -> Path:
+    """The `finetuned.safetensors` of a file or folder; a pre-training checkpoint is refused."""
+    if path.is_dir():
+        if (path / "finetuned.safetensors").is_file():
+            return path / "finetuned.safetensors"
+        if any((d / n).exists() for d in (path, path / "checkpoints")
+               for n in ("model.safetensors", "latest.json")):  # fmt: skip
+            raise DataError("this is a pre-training checkpoint, not a fine-tuned model", path=path,
+                            expected="finetuned.safetensors (written by `flairlab finetune`)",
+                            found="a pre-training run")  # fmt: skip
+        raise DataError("no fine-tuned model in this folder", path=path,
+                        expected="finetuned.safetensors", found="none")  # fmt: skip
+    return path
+
+
+def _model_meta_diff(saved: Any, meta: Any, prefix: str = "") -> list[str]:
+    """Dotted fields where the `.json` (meta) differs from the copy in the weights (saved)."""
+    if isinstance(saved, dict) and isinstance(meta, dict):
+        return [d for k in sorted(set(saved) | set(meta))
+                for d in _model_meta_diff(saved.get(k, "<missing>"), meta.get(k, "<missing>"),
+                                          f"{prefix}{k}.")]  # fmt: skip
+    return [] if saved == meta else [f"{prefix[:-1]} (weights {saved!r}, json {meta!r})"]
 
 
 def load_finetuned(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[SegmentationModel, dict[str, Any]]:
-    """Rebuild a model written by `save_finetuned` (eval mode). Returns (model, metadata)."""
-    from safetensors.torch import load_file
+    """Rebuild a model written by `save_finetuned` (eval mode). Returns (model, metadata).
 
+    The `.json` must agree with the weights: with the model fields stored in the weights header
+    (files written since that header exists) and, always, with every tensor's name and shape."""
+    from safetensors import safe_open
+
+    from flairlab.models.checkpoint import read_json, read_safetensors
     from flairlab.models.mae import MAE
     from flairlab.models.mae_config import MAEConfig
 
-    path = Path(path)
+    path = _resolve_finetuned(Path(path))
     meta_path = path.with_suffix(".json")
     if not path.is_file() or not meta_path.is_file():
         raise DataError("fine-tuned model needs its .safetensors and .json", path=path)
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    encoder = MAE(MAEConfig.from_dict(meta["model_config"]))
-    head = build_head(meta.get("head", "attentive"), encoder.config, meta["modalities"],
-                      meta["n_classes"], meta["label_size"], dim=meta.get("head_dim", 32),
-                      feature_norm=meta.get("feature_norm", False))  # fmt: skip
-    model = SegmentationModel(encoder, head, meta["modalities"])
-    state = load_file(str(path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(DECODER_PREFIXES)]
-    if missing or unexpected:
-        raise DataError("fine-tuned weights do not fit their config", path=path,
-                        expected="matching tensors", found=f"missing {missing[:3]}, "
-                        f"unexpected {unexpected[:3]}")  # fmt: skip
+    meta = read_json(meta_path)
+    state = read_safetensors(path)
+    if "model_config" not in meta:
+        kind = "a pre-training checkpoint" if "modalities" in meta else "not a fine-tuned model"
+        raise DataError(f"{kind}: its .json has no model_config", path=meta_path,
+                        expected="finetuned.safetensors + .json written by `flairlab finetune`",
+                        found=sorted(meta)[:6])  # fmt: skip
+    with safe_open(str(path), "pt") as f:
+        header = (f.metadata() or {}).get(META_KEY)
+    if header is not None:
+        saved = json.loads(header)
+        diff = _model_meta_diff(saved, {k: meta.get(k, "<missing>") for k in saved})
+        if diff:
+            raise DataError("the .json does not match the weights it describes (edited?): "
+                            + "; ".join(diff[:5]), path=meta_path)  # fmt: skip
+    try:
+        encoder = MAE(MAEConfig.from_dict(meta["model_config"]))
+        head = build_head(meta.get("head", "attentive"), encoder.config, meta["modalities"],
+                          meta["n_classes"], meta["label_size"], dim=meta.get("head_dim", 32),
+                          feature_norm=meta.get("feature_norm", False))  # fmt: skip
+        model = SegmentationModel(encoder, head, meta["modalities"])
+    except (KeyError, TypeError) as err:
+        raise DataError(f"fine-tuned model description: {type(err).__name__} {err}",
+                        path=meta_path) from None  # fmt: skip
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(DECODER_PREFIXES)}
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [f"{k}: weights {tuple(state[k].shape)}, json {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]  # fmt: skip
+    if missing or unexpected or shapes:
+        raise DataError("fine-tuned weights do not fit their .json", path=path,
+                        expected="the tensors the .json describes",
+                        found=f"missing {missing[:3]}, unexpected {unexpected[:3]}, "
+                        f"shapes {shapes[:3]}")  # fmt: skip
+    model.load_state_dict(state, strict=False)
     return model.to(device).eval(), meta
 
 

@@ -272,12 +272,19 @@ def plot_runs(table: pd.DataFrame, metric: str, label: str | None = None) -> Any
     return fig
 
 
-def run_overview(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: pipeline, status, start time, steps and finished steps."""
+def run_overview(runs: pd.DataFrame, current: str | Path | None = None) -> pd.DataFrame:
+    """One row per run: pipeline, status, start time, steps and finished steps. `current`: the
+    folder of a step of the run this is computed in (e.g. the notebook's `output_dir`); that run
+    still reads "running", so its status says so: "this run (in progress)"."""
     if runs.empty:
         return pd.DataFrame(columns=["run", "pipeline", "run_status", "started", "steps", "ok"])
     g = runs.groupby(["run", "pipeline", "run_status", "started"], dropna=False)["step_status"]
-    return g.agg(steps="size", ok=lambda s: int((s == "ok").sum())).reset_index()
+    out = g.agg(steps="size", ok=lambda s: int((s == "ok").sum())).reset_index()
+    if current is not None:
+        this_run = out["run"] == Path(current).resolve().parent.name
+        this = this_run & (out["run_status"] == "running")
+        out.loc[this, "run_status"] = "this run (in progress)"
+    return out
 
 
 def _truthy(values: pd.Series) -> pd.Series:

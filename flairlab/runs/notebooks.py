@@ -1,14 +1,20 @@
-"""Notebook contract helpers: the `parameters` cell, output stripping checks, HTML export.
+"""Notebook contract helpers: the `parameters` cell, output stripping checks, executed notebooks.
 
 Every flairlab notebook has exactly one code cell tagged `parameters` holding flat, annotated,
 commented scalars (`n_patches: int = 8  # how many patches`). `notebook_parameters` parses that cell
 with `ast` (papermill's own parser drops `str | None` annotations), `Param.check` validates a value
 against the declared type before anything runs.
+
+`finish_executed` prepares a notebook the runner executed for its readers: no jupytext pairing
+(JupyterLab would write a `.py` beside it on save), progress bars as the text of where they ended
+(not the "0%" of their first frame), BokehJS stored once instead of twice, and a signature with the
+user's own Jupyter secret so JupyterLab shows its plots, widgets and maps without "Trust Notebook".
 """
 
 from __future__ import annotations
 
 import ast
+import html
 import io
 import tokenize
 from dataclasses import dataclass
@@ -258,3 +264,91 @@ def slowest_cells(executed: str | Path, k: int = 3) -> list[dict[str, Any]]:
         if c.cell_type == "code" and "papermill" in c.metadata
     ]
     return sorted(cells, key=lambda c: -c["duration_s"])[:k]
+
+
+# -- executed notebooks --------------------------------------------------------------------------
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+HOLOVIEWS_LOAD = "application/vnd.holoviews_load.v0+json"
+JAVASCRIPT = "application/javascript"
+
+
+def _widget_states(nb: nbformat.NotebookNode) -> dict[str, Any]:
+    return nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+
+
+def progress_text(states: dict[str, Any], model_id: str, width: int = 10) -> str | None:
+    """tqdm-style text of a saved tqdm.notebook bar (`HBox[HTML, Progress, HTML]`), e.g.
+    `"band statistics: 100%|██████████| 40/40 [00:02<00:00, 15.2patch/s]"`; None otherwise."""
+    box = states.get(model_id, {})
+    is_box = box.get("model_name") == "HBoxModel"
+    children = box.get("state", {}).get("children", []) if is_box else []
+    ids = [c.removeprefix("IPY_MODEL_") for c in children if isinstance(c, str)]
+    kids = [states.get(i, {}) for i in ids]
+    names = [k.get("model_name") for k in kids]
+    if len(kids) != 3 or names[0] != "HTMLModel" or names[2] != "HTMLModel" or names[1] not in (
+        "FloatProgressModel", "IntProgressModel"
+    ):
+        return None
+    left, bar, right = (k.get("state", {}) for k in kids)
+    total = float(bar.get("max") or 0)
+    frac = min(max(float(bar.get("value") or 0) / total, 0.0), 1.0) if total > 0 else 0.0
+    filled = round(frac * width)
+    drawn = "█" * filled + " " * (width - filled)
+    before, after = (html.unescape(str(part.get("value", ""))) for part in (left, right))
+    text = f"{before}|{drawn}|{after}"
+    return text.replace("\u2007", " ").strip()
+
+
+def finish_progress_bars(nb: nbformat.NotebookNode) -> int:
+    """Replace every saved progress bar — a widget view whose text fallback is its first frame,
+    "0%", and which JupyterLab shows as a disconnected widget — by the text of its final state
+    (`progress_text`); returns how many were replaced."""
+    states, n = _widget_states(nb), 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            view = out.get("data", {}).get(WIDGET_VIEW)
+            text = progress_text(states, view.get("model_id", "")) if view else None
+            if text is not None:
+                out["data"] = nbformat.from_dict({"text/plain": text})
+                n += 1
+    return n
+
+
+def drop_duplicate_scripts(nb: nbformat.NotebookNode) -> int:
+    """HoloViews sends BokehJS (~3 MB) twice in one output, as `application/javascript` and as its
+    own load MIME type; keep the standard one (JupyterLab, VS Code and nbconvert all run it).
+    Returns the number of characters removed."""
+    removed = 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            data = out.get("data", {})
+            if HOLOVIEWS_LOAD in data and data.get(JAVASCRIPT) == data[HOLOVIEWS_LOAD]:
+                removed += len(data.pop(HOLOVIEWS_LOAD))
+    return removed
+
+
+def sign_notebook(path: str | Path) -> None:
+    """Sign `path` with the user's notebook secret (nbformat's `NotebookNotary`, the one Jupyter
+    servers check), so its outputs are trusted when this user opens it in JupyterLab."""
+    from nbformat.sign import NotebookNotary
+
+    with NotebookNotary() as notary:
+        notary.sign(read_notebook(path))
+
+
+def finish_executed(path: str | Path, *, trust: bool = True) -> dict[str, Any]:
+    """Prepare an executed notebook for its readers (see the module docstring) and sign it when
+    `trust`; returns what was done."""
+    path = Path(path)
+    nb = read_notebook(path)
+    unpaired = bool(nb.metadata.get("jupytext", {}).pop("formats", None))
+    if "jupytext" in nb.metadata and not nb.metadata["jupytext"]:
+        del nb.metadata["jupytext"]
+    done = {"unpaired": unpaired, "progress_bars": finish_progress_bars(nb),
+            "script_chars_removed": drop_duplicate_scripts(nb), "signed": False}  # fmt: skip
+    nbformat.write(nb, path)
+    if trust:
+        sign_notebook(path)
+        done["signed"] = True
+    return done

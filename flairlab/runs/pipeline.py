@@ -1,8 +1,8 @@
 """Pipeline files and run planning: every parameter is checked before anything runs.
 
 A pipeline YAML lists notebook steps; `plan_runs` expands the sweep grid and checks every value
-against the notebooks' `parameters` cells (`flairlab.runs.notebooks`). See `flairlab.runs.runner` for the
-file format and for execution.
+against the notebooks' `parameters` cells (`flairlab.runs.notebooks`). See `flairlab.runs.runner`
+for the file format and for execution.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Provenance of a run: run folders that never collide, environment snapshot, data fingerprint.
 
-Used by `flairlab.runs.runner`; nothing here imports torch (the GPU list comes from `nvidia-smi`), so a
-run's own process stays small and the kernel is the only heavy process.
+Used by `flairlab.runs.runner`; nothing here imports torch (the GPU list comes from `nvidia-smi`),
+so a run's own process stays small and the kernel is the only heavy process.
 """
 
 from __future__ import annotations

@@ -18,6 +18,11 @@ Every value is checked against the notebooks' `parameters` cells before anything
 gets a fresh `runs/<UTC stamp>-<name>/` (see `flairlab.runs.provenance.create_run_dir`) holding
 `params.json`, `environment.json`, `status.json`, `pipeline.yaml`, one executed `<step>.ipynb`
 per step and its `output_dir` `<step>/` (`results.json`, figures, artefacts).
+
+Executed notebooks are finished for their readers (`flairlab.runs.notebooks.finish_executed`): no
+jupytext pairing, progress bars showing where they ended, BokehJS stored once, and signed with the
+user's Jupyter notebook secret so JupyterLab renders their plots, widgets and maps as opened
+(`--no-trust` leaves them unsigned).
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from flairlab.data.errors import DataError
-from flairlab.runs.notebooks import read_notebook, slowest_cells
+from flairlab.data.results import write_json_atomic
+from flairlab.runs.notebooks import finish_executed, read_notebook, slowest_cells
 from flairlab.runs.pipeline import (
     Pipeline,
     RunPlan,
@@ -54,7 +60,6 @@ from flairlab.runs.provenance import (
     source_roots,
     utc_iso,
 )
-from flairlab.data.results import write_json_atomic
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -148,6 +153,16 @@ def _execute(pm: Any, nb: Path, executed: Path, params: dict[str, Any], **kwargs
         raise box["error"]
 
 
+def _finish_notebook(executed: Path, trust: bool) -> None:
+    """`finish_executed`, after every step that wrote a notebook (failed ones included)."""
+    if not executed.exists():
+        return
+    try:
+        finish_executed(executed, trust=trust)
+    except Exception as err:  # a half-written notebook stays as papermill left it
+        _say(f"warning: could not finish {executed.name}: {err}")
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -164,8 +179,10 @@ def execute_plan(
     sweep: dict[str, Any] | None = None,
     progress: bool = False,
     log_output: bool = False,
+    trust: bool = True,
 ) -> RunResult:
-    """Run one plan in a fresh run folder; a failing step stops the run and is recorded."""
+    """Run one plan in a fresh run folder; a failing step stops the run and is recorded.
+    `trust`: sign the executed notebooks (see `_finish_notebook`)."""
     import papermill as pm
 
     run_dir = create_run_dir(runs_dir, plan.name).resolve()  # notebooks run in their own cwd
@@ -234,6 +251,7 @@ def execute_plan(
                 execution_timeout=pipe.cell_timeout_s,
             )
         except KeyboardInterrupt as err:
+            _finish_notebook(executed, trust)
             rec.update(status="interrupted", duration_s=round(time.perf_counter() - t0, 2))
             status.update(status="interrupted", error=_error_record(err, name, nb, executed))
             for later in status["steps"][i + 1 :]:
@@ -243,6 +261,7 @@ def execute_plan(
             err.run_dir = run_dir  # for the sweep index
             raise
         except Exception as err:  # the notebook failed: record everything, stop this run
+            _finish_notebook(executed, trust)
             rec.update(status="failed", duration_s=round(time.perf_counter() - t0, 2))
             status.update(status="failed", error=_error_record(err, name, nb, executed))
             result = RunResult(run_dir, "failed", name)
@@ -251,6 +270,7 @@ def execute_plan(
                 f"{status['error']['evalue']}\n  see {executed}"
             )
             break
+        _finish_notebook(executed, trust)
         rec.update(status="ok", duration_s=round(time.perf_counter() - t0, 2), finished=utc_iso())
         rec["slowest_cells"] = slowest_cells(executed)
         write_json_atomic(run_dir / "status.json", status)
@@ -279,8 +299,10 @@ def run_pipeline(
     *,
     progress: bool = False,
     log_output: bool = False,
+    trust: bool = True,
 ) -> list[RunResult]:
-    """Validate, then execute every run of a pipeline (one per sweep point)."""
+    """Validate, then execute every run of a pipeline (one per sweep point); `trust=False` leaves
+    the executed notebooks unsigned."""
     pipe = pipeline if isinstance(pipeline, Pipeline) else load_pipeline(pipeline)
     plans = plan_runs(pipe, sets)  # raises before anything is created or executed
     runs_dir = Path(runs_dir)
@@ -308,9 +330,8 @@ def run_pipeline(
         if sweep_dir is not None:
             sweep = {"id": sweep_dir.name, "index": plan.sweep_index, "point": plan.sweep_point}
         try:
-            res = execute_plan(
-                pipe, plan, runs_dir, env, sweep=sweep, progress=progress, log_output=log_output
-            )
+            res = execute_plan(pipe, plan, runs_dir, env, sweep=sweep, progress=progress,
+                               log_output=log_output, trust=trust)  # fmt: skip
         except KeyboardInterrupt as err:
             if sweep_dir is not None:
                 run = getattr(err, "run_dir", None)
@@ -336,9 +357,8 @@ def _main(args: argparse.Namespace) -> int:
                     print(f"{name} ({nb}): {dict(params, output_dir=f'<run>/{name}')}")
             return 0
         progress = sys.stderr.isatty() if args.progress is None else args.progress
-        results = run_pipeline(
-            pipe, sets, args.runs_dir, progress=progress, log_output=args.log_output
-        )
+        results = run_pipeline(pipe, sets, args.runs_dir, progress=progress,
+                               log_output=args.log_output, trust=args.trust)  # fmt: skip
     except DataError as err:
         _say(f"flairlab run: error: {err}")
         return 2
@@ -374,12 +394,19 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="per-cell progress bar (default: when stderr is a terminal)",
     )
+    p.add_argument(
+        "--trust",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="sign the executed notebooks with your Jupyter notebook secret, so that JupyterLab "
+        "shows their plots, widgets and maps without 'Trust Notebook' (default: yes)",
+    )
     p.set_defaults(func=_main)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m flairlab.runs.runner PIPELINE.yaml ...`: same as `flairlab run`, importing only the
-    runner (the kernels import torch; the runner process itself stays ~150 MB)."""
+    """`python -m flairlab.runs.runner PIPELINE.yaml ...`: same as `flairlab run`, importing only
+    the runner (the kernels import torch; the runner process itself stays ~150 MB)."""
     parser = argparse.ArgumentParser(prog="python -m flairlab.runs.runner")
     add_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["run", *(sys.argv[1:] if argv is None else argv)])

@@ -54,8 +54,8 @@ from flairlab.data.dataset import (
 )
 from flairlab.data.dataset_cache import CachedFlairHubDataset
 from flairlab.data.errors import DataError
-from flairlab.data.reader import read_raster
-from flairlab.data.results import save_results
+from flairlab.data.results import save_results, start_run
+from flairlab.data.synthetic_tensors import is_synthetic, open_dataset
 from flairlab.models.segmodel import (
     HEADS,
     SegmentationModel,
@@ -69,6 +69,7 @@ from flairlab.models.segmodel import (
     to_device,
 )
 from flairlab.training.baseline import run_baseline, save_baseline
+from flairlab.training.compiling import compile_module, compile_setting
 from flairlab.training.loop import resolve_precision, set_threads
 from flairlab.training.metrics import SegmentationMetrics, evaluate, segmentation_loss
 from flairlab.training.schedules import ema_momentum_at, ema_update, one_cycle_scheduler
@@ -80,13 +81,14 @@ WARM_START = 1 / 25  # lr multiplier of the first warm-up step
 # -- label subsampling --------------------------------------------------------------------------
 def class_presence(ds: FlairHubDataset, target: str) -> np.ndarray:
     """(N, n_classes) bool: which evaluated classes occur in each patch's label raster."""
+    if hasattr(ds, "class_presence"):  # datasets that know their labels without reading files
+        return ds.class_presence(target)
     alias = TARGETS[target][0]
     name = ds.cat.modality(alias).name
     n = n_classes_of(target)
     out = np.zeros((len(ds), n), bool)
     for i, pid in enumerate(ds.patch_ids):
-        path = ds.index.at[pid, name]
-        y = label_target(read_raster(path, name), target, path)
+        y = label_target(ds.raw(alias, pid), target, ds.index.at[pid, name])
         ids = np.unique(y)
         out[i, ids[ids != IGNORE_INDEX]] = True
     return out
@@ -167,6 +169,7 @@ class FinetuneConfig:
     test_split: str = "test"
     device: str = "auto"
     num_workers: int = 0
+    compile: str = "auto"  # torch.compile: auto (CUDA) | true | false (training.compiling)
 
     def __post_init__(self) -> None:
         if isinstance(self.modalities, str):
@@ -187,6 +190,7 @@ class FinetuneConfig:
                             found=0)  # fmt: skip
         if not 0 <= self.warmup < 1:
             raise DataError("finetune warmup", expected="in [0, 1)", found=self.warmup)
+        self.compile = compile_setting(self.compile)
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -322,38 +326,62 @@ def train_phase(
     return PhaseResult(history, log, best, best_step, step0 + step, compute_s)
 
 
+def _warm_up(model: SegmentationModel, loader: DataLoader, task: str, device: torch.device,
+             precision: str | None = None) -> None:  # fmt: skip
+    """One probe and one fine-tuning step (forward + backward) on a first batch: compiles both
+    graphs before training (validation data: reading it advances no training random stream)."""
+    batch = to_device(next(iter(loader)), device)
+    for frozen in (True, False):
+        with autocast(device, precision):
+            loss = segmentation_loss(model(batch, frozen=frozen), batch[task])
+        if loss is not None:
+            loss.backward()
+
+
 # -- one run ------------------------------------------------------------------------------------
 def make_datasets(cfg: FinetuneConfig, geometry: dict[str, dict[str, int]]) -> dict[str, Any]:
     """Train (augmented), train-eval (same patches, evaluation mode, for the floor), val and
-    test datasets of a run, and the class presence of the full training split."""
+    test datasets of a run, and the class presence of the full training split. With
+    `cfg.cache`, folder and store sources are read through `CachedFlairHubDataset`."""
     root = cfg.root or cfg.source
-    if not cfg.root and cfg.source == "sample":  # the embedded sample is made on first use
-        from flairlab.data.sample import ensure_sample
+    if not cfg.root:  # a generated source (the sample, its store) is made on first use
+        from flairlab.data.sources import ensure_source
 
-        root = ensure_sample()
-    Dataset = CachedFlairHubDataset if cfg.cache else FlairHubDataset
+        root = ensure_source(cfg.source)
+    cached = cfg.cache and not is_synthetic(root)
+
+    def dataset(split: str, **kw: Any):
+        if cached:
+            return CachedFlairHubDataset(root, split, **kw)
+        return open_dataset(root, split, **kw)
+
     ds_args = dict(modalities=tuple(cfg.modalities), targets=(cfg.task,), seed=cfg.seed,
                    **geometry)  # fmt: skip
-    full_train = Dataset(root, cfg.train_split, train=False, **ds_args)
+    full_train = dataset(cfg.train_split, train=False, **ds_args)
     presence = class_presence(full_train, cfg.task)
     keep = subsample_patches(
         presence, cfg.label_fraction, cfg.seed if cfg.subset_seed < 0 else cfg.subset_seed
     )
     ids = [full_train.patch_ids[i] for i in keep]
     out = {
-        "train": Dataset(root, cfg.train_split, train=True, patch_ids=ids, **ds_args),
-        "train_eval": Dataset(root, cfg.train_split, train=False, patch_ids=ids, **ds_args),
-        "val": Dataset(root, cfg.val_split, train=False, **ds_args),
-        "test": Dataset(root, cfg.test_split, train=False, **ds_args),
+        "train": dataset(cfg.train_split, train=True, patch_ids=ids, **ds_args),
+        "train_eval": dataset(cfg.train_split, train=False, patch_ids=ids, **ds_args),
+        "val": dataset(cfg.val_split, train=False, **ds_args),
+        "test": dataset(cfg.test_split, train=False, **ds_args),
     }
-    if cfg.cache:  # decoded rasters are the same whatever the mode: one cache for the split
+    if cached:  # decoded rasters are the same whatever the mode: one cache for the split
         out["train"]._cache = out["train_eval"]._cache = full_train._cache
     return {**out, "presence": presence, "keep": keep, "ids": ids, "n_total": len(full_train)}
 
 
-def run_finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
+def run_finetune(
+    cfg: FinetuneConfig, output_dir: str | Path, overwrite: bool = False
+) -> dict[str, Any]:
     """Probe → fine-tune → test, and the floor; writes `results.json`, `finetuned.safetensors`
-    (+ `.json`) and `baseline.safetensors` to `output_dir` and returns the results dict."""
+    (+ `.json`) and `baseline.safetensors` to `output_dir` and returns the results dict.
+    `output_dir` must be empty or new unless `overwrite` (the results of another run are never
+    merged in)."""
+    start_run(output_dir, overwrite)
     t_start = time.perf_counter()
     set_threads(cfg.threads)  # 0: the free cores (affinity, cgroup quota, other running jobs)
     torch.manual_seed(cfg.seed)
@@ -382,6 +410,8 @@ def run_finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
     model = SegmentationModel(encoder, head, mods).to(device)
     stream = BatchStream(_loader(data["train"], cfg, True))
     val_loader = _loader(data["val"], cfg, False)
+    warm_up = lambda: _warm_up(model, val_loader, task, device, precision)  # noqa: E731
+    compiled = compile_module(model, cfg.compile, device, warm_up)
     probe = train_phase(model, stream, val_loader, cfg, "probe", device, precision=precision)
     ema = None
     if cfg.use_ema and cfg.finetune_steps > 0:
@@ -427,6 +457,7 @@ def run_finetune(cfg: FinetuneConfig, output_dir: str | Path) -> dict[str, Any]:
         "device": str(device),
         "precision": precision,
         "threads": torch.get_num_threads(),
+        "compiled": compiled,
         "n_train_patches": len(data["ids"]),
         "n_train_total": data["n_total"],
         "train_patch_ids": data["ids"],
@@ -488,6 +519,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         else:
             p.add_argument(flag, type=type(value), default=value, help=f"(default {value!r})")
     p.add_argument("--output-dir", default="outputs/finetune", help="results + weights folder")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty output dir")
     p.set_defaults(func=_run_cli)
 
 
@@ -500,7 +532,7 @@ def _run_cli(args: argparse.Namespace) -> int:
         if f.name in ("image_size", "patch_size", "n_dates"):
             value = parse_mapping(value)
         kw[f.name] = value
-    res = run_finetune(FinetuneConfig(**kw), args.output_dir)
+    res = run_finetune(FinetuneConfig(**kw), args.output_dir, overwrite=args.overwrite)
     print(
         f"{res['task']} {'pretrained' if res['pretrained'] else 'scratch'}: "
         f"test mIoU {res['test_miou']:.4f}, OA {res['test_oa']:.4f} after "

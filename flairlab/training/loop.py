@@ -253,8 +253,11 @@ class MetricLog:
         out.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict[str, Any]] = []
         if self.csv.exists() and step > 0:
-            with self.csv.open(newline="", encoding="utf-8") as f:
-                rows = [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+            lines = self.csv.read_text(encoding="utf-8").splitlines(keepends=True)
+            if lines and not lines[-1].endswith("\n"):  # a row cut short by a crash (kill -9)
+                lines.pop()
+            rows = [{k: float(v) for k, v in r.items() if v not in ("", None)}
+                    for r in csv.DictReader(lines)]  # fmt: skip
             self.rows = [r for r in rows if r["step"] <= step]
         self._rewrite()
 

@@ -15,9 +15,10 @@ Metric keys: `loss` (the optimised total), `loss_mae`, `loss_<modality>` (MAE), 
 contrastive logs as `contrastive_<key>` (`contrastive_loss`, `contrastive_acc_<a>_<b>`,
 `contrastive_temperature`, CCL-K `contrastive_w_offdiag_mass` = weight mass on other samples…).
 
-Reproducibility: the data order comes from (seed, epoch) and the masking RNG is reseeded from
-(seed, rank, micro-step), so resuming from a checkpoint continues exactly where the run stopped —
-with a deterministic dataset and `num_workers=0` the final weights equal an uninterrupted run's.
+Reproducibility: the data order comes from (seed, epoch), `FlairHubDataset`'s random draws
+(dates, offsets, flips) from (seed, epoch, sample index) and the masking RNG is reseeded from
+(seed, rank, micro-step), so resuming from any checkpoint — mid-epoch included, after a kill -9 —
+continues exactly where the run stopped: the final weights equal an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from flairlab.models.checkpoint import (
 )
 from flairlab.models.mae import MAE
 from flairlab.models.mae_config import config_diff
+from flairlab.training.compiling import compile_module
 from flairlab.training.loop import (
     EpochBatchSampler,
     MetricLog,
@@ -146,10 +148,10 @@ def pretrain(
                             fused=fused)  # fmt: skip
 
     if dataset is None:
-        if cfg.data.source == "sample" and fabric.global_rank == 0:
-            from flairlab.data.sample import ensure_sample
+        if fabric.global_rank == 0:
+            from flairlab.data.sources import ensure_source
 
-            ensure_sample()  # generated once, before the other ranks read it
+            ensure_source(cfg.data.source)  # generated once, before the other ranks read it
         fabric.barrier()
         dataset = build_dataset(cfg)
     sampler = EpochBatchSampler(len(dataset), tc.batch_size, cfg.seed, fabric.global_rank, world)
@@ -177,6 +179,8 @@ def pretrain(
                         collate_fn=collate_fn(dataset),
                         generator=torch.Generator().manual_seed(cfg.seed))  # fmt: skip
     loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False)
+    warm_up = lambda: fabric.backward(module(next(iter(loader)))[0])  # noqa: E731
+    compiled = compile_module(module.module, tc.compile, fabric.device, warm_up)
 
     rank0 = fabric.global_rank == 0
     log = MetricLog(out, step) if rank0 else None
@@ -240,6 +244,7 @@ def pretrain(
         "world_size": world,
         "precision": resolve_precision(tc.precision, tc.accelerator),
         "device": str(fabric.device),
+        "compiled": compiled,
         "lr_max": peak,
         "objective": tc.objective,
         "final_loss": vals.get("loss"),  # optimised total, mean over ranks at the last logged step

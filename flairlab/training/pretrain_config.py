@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, Subset
 
 from flairlab.data.errors import DataError
 from flairlab.models.mae_config import MAEConfig
+from flairlab.training.compiling import compile_setting
 
 _PACKAGE = Path(__file__).resolve().parents[1]  # flairlab/
 # presets: configs/ of a source checkout, or a copy shipped inside the package
@@ -31,7 +32,7 @@ CONFIG_DIR = next((p for p in (_PACKAGE.parent / "configs", _PACKAGE / "configs"
 
 @dataclass
 class DataConfig:
-    source: str = "sample"  # catalog source name ("sample", "flairhub") or a dataset folder
+    source: str = "sample"  # catalog source ("sample", "flairhub"), a folder, or synthetic[:N]
     split: str = "train"
     n_patches: int = 0  # use only the first n patches (0 = all)
     num_workers: int = 0
@@ -64,6 +65,7 @@ class TrainConfig:
     objective: str = "mae"  # mae | contrastive | both
     contrastive_weight: float = 0.0  # w in L = L_MAE + w·L_contrastive (objective both: > 0)
     contrastive: dict[str, Any] = field(default_factory=dict)  # ContrastiveConfig fields
+    compile: str | bool = "auto"  # torch.compile: auto (CUDA) | true | false (training.compiling)
 
     @property
     def uses_mae(self) -> bool:
@@ -77,6 +79,7 @@ class TrainConfig:
         if self.steps < 0 or (self.steps == 0 and self.epochs < 1):
             raise DataError("train.steps / train.epochs", expected="steps > 0, or epochs > 0",
                             found=f"steps {self.steps}, epochs {self.epochs}")  # fmt: skip
+        self.compile = compile_setting(self.compile, "train.compile")
         if self.objective not in OBJECTIVES:
             raise DataError("train.objective", expected=OBJECTIVES, found=self.objective)
         w = self.contrastive_weight
@@ -109,7 +112,7 @@ class TrainConfig:
 # fields that may change between a run and its resumption
 RUN_CONTROL = {"output_dir", "resume", "data.num_workers", "data.cache"} | {
     f"train.{n}" for n in ("accelerator", "devices", "threads", "log_every", "ckpt_every",
-                           "keep_checkpoints", "stop_at_step", "precision")
+                           "keep_checkpoints", "stop_at_step", "precision", "compile")
 }  # fmt: skip
 
 
@@ -130,8 +133,13 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PretrainConfig:
-        data = dict(data or {})
+        data = dict(_mapping("config", data))
         _check_keys("", data, cls)
+        for f in fields(cls):
+            if f.name in ("model", "data", "train"):
+                data[f.name] = _mapping(f.name, data.get(f.name))
+            elif f.name in data:
+                data[f.name] = _scalar(f.name, str(f.type), data[f.name])
         sub = {
             "model": MAEConfig.from_dict(data.pop("model", {}) or {}),
             "data": _sub(DataConfig, "data", data.pop("data", {})),
@@ -150,6 +158,15 @@ class PretrainConfig:
                     "train.contrastive.pairs: modalities absent from model.modalities",
                     expected=list(self.model.modalities), found=missing,
                 )  # fmt: skip
+
+
+def _mapping(name: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DataError(name, expected="a section (mapping of fields)",
+                        found=f"{type(value).__name__} {value!r}"[:80])  # fmt: skip
+    return value
 
 
 def _check_keys(prefix: str, data: dict[str, Any], cls: type) -> None:
@@ -199,32 +216,49 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
             raise DataError("config file not found", path=path) from None
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise DataError(f"not valid YAML{at}: {problem}", path=path) from None
+        if not isinstance(data, dict):
+            raise DataError("config file", path=path, expected="a mapping (key: value lines)",
+                            found=type(data).__name__)  # fmt: skip
     for item in overrides or []:
         key, sep, raw = item.partition("=")
-        if not sep:
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
             raise DataError("--set override", expected="key=value", found=item)
         node = data
-        *parents, leaf = key.strip().split(".")
-        for p in parents:
+        *parents, leaf = parts
+        for i, p in enumerate(parents):
             node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                raise DataError(f"--set {item}: {'.'.join(parts[: i + 1])} is a value, not a "
+                                "section", expected="a section such as train.epochs",
+                                found=f"{'.'.join(parts[: i + 1])} = {node!r}")  # fmt: skip
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise DataError(f"--set {item}: value is not valid YAML ({err.problem})") from None
     return data
 
 
 def build_dataset(cfg: PretrainConfig, split: str | None = None, train: bool = True) -> Dataset:
     """FlairHubDataset for the model's modalities and geometry (pre-training needs no labels)."""
     from flairlab.data.catalog import load_catalog
-    from flairlab.data.dataset import FlairHubDataset
     from flairlab.data.dataset_cache import CachedFlairHubDataset
+    from flairlab.data.synthetic_tensors import is_synthetic, open_dataset
 
     cat = load_catalog()
     root = cat.source_root(cfg.data.source) if cfg.data.source in cat.sources else cfg.data.source
-    if cfg.data.source == "sample":  # the embedded sample is generated on first use
-        from flairlab.data.sample import ensure_sample
+    if cfg.data.source in cat.sources:  # a source name: the dataset resolves it, and a generated
+        from flairlab.data.sources import ensure_source  # one (the sample, its store) is made
 
-        root = ensure_sample(root)
+        root = ensure_source(cfg.data.source, cat)
     mods = cfg.model.modalities
-    ds = (CachedFlairHubDataset if cfg.data.cache else FlairHubDataset)(
+    cached = cfg.data.cache and not is_synthetic(root)
+    ds = (CachedFlairHubDataset if cached else open_dataset)(
         root,
         split=split or cfg.data.split,
         modalities=tuple(mods),

@@ -40,7 +40,8 @@ def plot_loss_curve(metrics: str | Path | list[dict[str, Any]]) -> plt.Figure:
         total = key == "loss_mae"
         ax.plot(step, [r[key] for r in rows], lw=2.2 if total else 1, alpha=1 if total else 0.7,
                 label="total (weighted)" if total else key[5:])  # fmt: skip
-    ax.set(xlabel="optimizer step", ylabel="L1 on masked pixels (normalised)")
+    ax.set(xlabel="optimizer step", ylabel="L1 on masked pixels (normalised)",
+           title="MAE pre-training loss (dashed: learning rate)")  # fmt: skip
     ax.legend(fontsize=8, ncol=2)
     ax2 = ax.twinx()
     ax2.plot(step, [r["lr"] for r in rows], color="0.6", ls="--", lw=1)
