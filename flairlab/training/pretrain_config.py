@@ -209,7 +209,9 @@ def _scalar(field_name: str, type_name: str, value: Any) -> Any:
 
 # -- configuration files ---------------------------------------------------------------------
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> dict:
-    """YAML config (or {}) with `a.b.c=value` overrides (values parsed as YAML scalars)."""
+    """YAML config (or {}) with `a.b.c=value` overrides (values parsed as YAML scalars).
+    `train.epochs=N` without `train.steps` sets `train.steps` to 0: the budget is then N epochs
+    (the cpu preset's budget is in steps)."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -241,6 +243,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             node[leaf] = yaml.safe_load(raw)
         except yaml.YAMLError as err:
             raise DataError(f"--set {item}: value is not valid YAML ({err.problem})") from None
+    keys = {item.partition("=")[0].strip() for item in overrides or []}
+    if "train.epochs" in keys and "train.steps" not in keys and isinstance(data.get("train"), dict):
+        data["train"]["steps"] = 0  # a budget in epochs given on the command line wins
     return data
 
 
