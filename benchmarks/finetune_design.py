@@ -89,7 +89,7 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         cfg = FinetuneConfig(**{**common, **VARIANTS[name], "baseline": False})
-        res = run_finetune(cfg, RUNS / name)
+        res = run_finetune(cfg, RUNS / name, overwrite=True)
         steps = res["steps"]["total"]
         report["variants"][name] = {
             "settings": VARIANTS[name],

@@ -121,7 +121,7 @@ def finetune_arm(
         threads=args.threads, precision="32-true", baseline=arm == "scratch",
     )  # fmt: skip
     t0 = time.perf_counter()
-    res = run_finetune(cfg, out)
+    res = run_finetune(cfg, out, overwrite=True)  # no results.json: an interrupted attempt
     log(f"{arm:12s} f={fraction} seed {seed}: test mIoU {res['test_miou']:.4f} "
         f"(steps {res['steps']}, {time.perf_counter() - t0:.0f} s)")  # fmt: skip
     return res
