@@ -73,6 +73,29 @@ def test_run_baseline_on_the_model_inputs_and_round_trip(tmp_path):
     assert feature_names({"dem": torch.zeros(1, 1, 2, 4, 4)}, ["dem"]) == ["dem.DSM", "dem.DTM"]
 
 
+def test_linear_probe_of_frozen_features_and_reconstruction_quality():
+    from flairlab.models.segmodel import build_encoder
+    from flairlab.training.probes import linear_probe, reconstruction_quality
+
+    def dated(seed: int) -> dict:
+        it = item(seed)
+        it["aerial_dates"] = torch.tensor([[2021, 180, 0]])
+        it["ref_date"] = torch.tensor([[2021, 180, 0]])
+        return it
+
+    torch.manual_seed(0)
+    enc, _ = build_encoder(None, ["aerial"], size="nano", image_size={"aerial": 16},
+                           patch_size={"aerial": 8})  # fmt: skip
+    train, val = [dated(s) for s in range(4)], [dated(s) for s in range(10, 12)]
+    r = linear_probe(enc, train, {"val": val}, "cosia", ["aerial"], 16, max_pixels=500)
+    assert r["n_features"] == 96 and r["n_train_pixels"] == 500
+    assert 0 <= r["val_miou"] <= 1 and r["train_loss"] < r["class_frequency_loss"]
+    q = reconstruction_quality(enc, val, seeds=2)
+    assert set(q) == {"total", "aerial", "aerial_zero"}
+    assert 0.5 < q["aerial_zero"] < 1.0  # E|N(0, 1)| = 0.8 for a patch-normalised target
+    assert q["total"] == pytest.approx(q["aerial"])
+
+
 # -- precision: measured, not assumed ---------------------------------------------------------
 def test_auto_precision_picks_the_measured_faster_and_caches_it(tmp_path, monkeypatch):
     monkeypatch.setenv("FLAIRLAB_CACHE_DIR", str(tmp_path))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,9 +52,18 @@ def feature_names(batch: dict[str, Any], modalities: list[str]) -> list[str]:
     return names
 
 
+Features = Callable[[dict[str, Any]], Tensor]  # batch -> (B, F, S, S) on the label grid
+
+
+def linear_logits(x: Tensor, mean: Tensor, std: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """(B, K, S, S) = W · (x − mean) / std + b for features x (B, F, S, S)."""
+    z = (x - mean[:, None, None]) / std[:, None, None]
+    return torch.einsum("bfhw,kf->bkhw", z, weight) + bias[:, None, None]
+
+
 @dataclass
 class PixelLogistic:
-    """Fitted per-pixel classifier: logits = W · (x − mean) / std + b."""
+    """Fitted per-pixel classifier on the model inputs: logits = W · (x − mean) / std + b."""
 
     mean: Tensor  # (F,)
     std: Tensor  # (F,)
@@ -62,39 +72,39 @@ class PixelLogistic:
     modalities: list[str]
     size: int
 
+    def features(self, batch: dict[str, Any]) -> Tensor:
+        return inputs_on_grid(batch, self.modalities, self.size)
+
     def logits(self, batch: dict[str, Any]) -> Tensor:
         """(B, K, size, size) logits of a batch."""
-        x = inputs_on_grid(batch, self.modalities, self.size)
-        z = (x - self.mean[:, None, None]) / self.std[:, None, None]
-        return torch.einsum("bfhw,kf->bkhw", z, self.weight) + self.bias[:, None, None]
+        return linear_logits(self.features(batch), self.mean, self.std, self.weight, self.bias)
 
 
 def _loader(ds: Dataset, batch_size: int) -> DataLoader:
     return DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate)
 
 
-def training_pixels(
-    ds: Dataset, task: str, modalities: list[str], size: int, max_pixels: int, seed: int,
-    batch_size: int = 8,
-) -> tuple[Tensor, Tensor, list[str]]:  # fmt: skip
-    """(X (N, F), y (N,), feature names): labelled pixels of `ds`, at most `max_pixels` of them
-    drawn uniformly without replacement (seeded)."""
-    xs, ys, names = [], [], []
+@torch.no_grad()
+def labelled_pixels(
+    ds: Dataset, task: str, features: Features, max_pixels: int, seed: int, batch_size: int = 8
+) -> tuple[Tensor, Tensor]:
+    """(X (N, F), y (N,)): `features` of the labelled pixels of `ds`, at most `max_pixels` of
+    them drawn uniformly without replacement (seeded)."""
+    xs, ys = [], []
     for batch in _loader(ds, batch_size):
-        feats = inputs_on_grid(batch, modalities, size)  # (B, F, S, S)
+        feats = features(batch)  # (B, F, S, S)
         y = batch[task]
-        if y.shape[-1] != size:
-            raise ValueError(f"labels are {y.shape[-1]} px, features {size} px")
+        if y.shape[-1] != feats.shape[-1]:
+            raise ValueError(f"labels are {y.shape[-1]} px, features {feats.shape[-1]} px")
         keep = y != IGNORE_INDEX
         xs.append(feats.permute(0, 2, 3, 1)[keep])
         ys.append(y[keep])
-        names = names or feature_names(batch, modalities)
     X, y = torch.cat(xs), torch.cat(ys)
     if len(y) > max_pixels:
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(y), generator=g)[:max_pixels]
         X, y = X[idx], y[idx]
-    return X, y, names
+    return X, y
 
 
 def fit_logistic(
@@ -134,13 +144,18 @@ def fit_logistic(
 
 
 @torch.no_grad()
-def evaluate_pixel_model(model: PixelLogistic, ds: Dataset, task: str,
-                         batch_size: int = 8) -> dict[str, Any]:  # fmt: skip
-    """Epoch-accumulated metrics (as `flairlab.training.metrics.evaluate`) of the baseline."""
+def evaluate_pixels(logits: Callable[[dict[str, Any]], Tensor], ds: Dataset, task: str,
+                    batch_size: int = 8) -> dict[str, Any]:  # fmt: skip
+    """Epoch-accumulated metrics (as `flairlab.training.metrics.evaluate`) of `logits(batch)`."""
     metrics = SegmentationMetrics(n_classes_of(task), class_names(task))
     for batch in _loader(ds, batch_size):
-        metrics.update(model.logits(batch), batch[task])
+        metrics.update(logits(batch), batch[task])
     return metrics.compute()
+
+
+def evaluate_pixel_model(model: PixelLogistic, ds: Dataset, task: str) -> dict[str, Any]:
+    """Metrics of the baseline on `ds`."""
+    return evaluate_pixels(model.logits, ds, task)
 
 
 def run_baseline(
@@ -158,9 +173,12 @@ def run_baseline(
     """Fit on the labelled pixels of `train_ds` (evaluation-mode items), evaluate on every set of
     `eval_sets` ({"val": ds, "test": ds}). Returns the model and a JSON-ready record."""
     t0 = time.perf_counter()
-    X, y, names = training_pixels(train_ds, task, modalities, size, max_pixels, seed)
+    first = next(iter(_loader(train_ds, 1)))
+    X, y = labelled_pixels(train_ds, task, lambda b: inputs_on_grid(b, modalities, size),
+                           max_pixels, seed)  # fmt: skip
     mean, std, W, b, info = fit_logistic(X, y, n_classes_of(task), l2, max_iter)
     model = PixelLogistic(mean, std, W, b, list(modalities), size)
+    names = feature_names(first, modalities)
     fit_s = time.perf_counter() - t0
     record: dict[str, Any] = {
         "method": "per-pixel multinomial logistic regression (L-BFGS, standardised inputs)",

@@ -21,11 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from flairlab.data.catalog import IGNORE_INDEX
 from flairlab.data.dataset import collate
-from flairlab.models.segmodel import class_names, n_classes_of
-from flairlab.training.baseline import fit_logistic
-from flairlab.training.metrics import SegmentationMetrics
+from flairlab.models.segmodel import n_classes_of
+from flairlab.training.baseline import evaluate_pixels, fit_logistic, labelled_pixels, linear_logits
 
 
 @torch.no_grad()
@@ -39,20 +37,6 @@ def pixel_features(encoder: nn.Module, batch: dict[str, Any], modalities: list[s
         x = feats[key].mean(1).permute(0, 3, 1, 2)  # (B, E, g, g)
         maps.append(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False))
     return torch.cat(maps, dim=1)
-
-
-def _pixels(encoder, ds, task, modalities, size, max_pixels, seed, batch_size=8):
-    xs, ys = [], []
-    for batch in DataLoader(ds, batch_size=batch_size, collate_fn=collate):
-        f = pixel_features(encoder, batch, modalities, size)
-        keep = batch[task] != IGNORE_INDEX
-        xs.append(f.permute(0, 2, 3, 1)[keep])
-        ys.append(batch[task][keep])
-    X, y = torch.cat(xs), torch.cat(ys)
-    if len(y) > max_pixels:
-        idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:max_pixels]
-        X, y = X[idx], y[idx]
-    return X, y
 
 
 @torch.no_grad()
@@ -70,17 +54,17 @@ def linear_probe(
     """Fit a per-pixel logistic regression on frozen features of `train_ds` (evaluation-mode
     items); return {"<set>_miou", "<set>_oa" for each eval set, "train_loss", "n_features"}."""
     encoder.eval()
-    X, y = _pixels(encoder, train_ds, task, modalities, size, max_pixels, seed)
+
+    def features(batch: dict[str, Any]) -> Tensor:
+        return pixel_features(encoder, batch, modalities, size)
+
+    X, y = labelled_pixels(train_ds, task, features, max_pixels, seed)
     with torch.enable_grad():
         mean, std, W, b, info = fit_logistic(X, y, n_classes_of(task))
     out: dict[str, Any] = {"n_features": X.shape[1], "n_train_pixels": len(y), **info}
     for name, ds in eval_sets.items():
-        m = SegmentationMetrics(n_classes_of(task), class_names(task))
-        for batch in DataLoader(ds, batch_size=8, collate_fn=collate):
-            f = pixel_features(encoder, batch, modalities, size)
-            z = (f - mean[:, None, None]) / std[:, None, None]
-            m.update(torch.einsum("bfhw,kf->bkhw", z, W) + b[:, None, None], batch[task])
-        r = m.compute()
+        r = evaluate_pixels(lambda batch: linear_logits(features(batch), mean, std, W, b), ds,
+                            task)  # fmt: skip
         out[f"{name}_miou"], out[f"{name}_oa"] = r["miou"], r["oa"]
     return out
 
