@@ -22,7 +22,7 @@
 #
 # With `checkpoint = ""` the same architecture starts from random weights: the **from-scratch baseline**. `label_fraction` keeps a stratified, reproducible subset of the labelled training patches (rare classes are kept first). COSIA classes 15-18 are ignored, as in IGN's evaluation; mIoU averages the classes present in the targets.
 #
-# **The floor.** Next to the model, a per-pixel logistic regression is fitted on the same training pixels from the same inputs (every modality, date and band resampled to the label grid, no spatial context). A model that does not beat it has learned nothing a pixel's own colour, height and time series do not already say.
+# **The floor.** Next to the model, a per-pixel logistic regression is fitted on the same training pixels from the same inputs (every modality, date and band resampled to the label grid, no spatial context): what a pixel's own colour, height and time series already say. The network has to learn that *and* the context by gradient steps; on the embedded sample it reaches the floor after about 900 steps from scratch (`benchmarks/reported/finetune_design.md`), so the demo's 150 steps stop below it — the gap is what more steps (or a GPU) buy.
 
 # %% [markdown]
 # ### Starting from IGN's released MAESTRO weights: what you need
