@@ -188,7 +188,7 @@ def main() -> int:
     ap.add_argument("--max-steps", type=int, default=1500)
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--patience", type=int, default=4)
-    ap.add_argument("--plateau", type=float, default=0.01)
+    ap.add_argument("--plateau", type=float, default=0.005)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     args.commit = git_commit()  # the code that runs (recorded at the start)
