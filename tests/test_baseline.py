@@ -17,6 +17,7 @@ from flairlab.training.baseline import (
     evaluate_pixel_model,
     feature_names,
     fit_logistic,
+    labelled_pixels,
     load_baseline,
     run_baseline,
     save_baseline,
@@ -63,6 +64,10 @@ def test_run_baseline_on_the_model_inputs_and_round_trip(tmp_path):
     assert again["miou"] == rec["test_miou"]
     _, rec_few = run_baseline(train, {"test": test}, "cosia", ["aerial"], 16, max_pixels=50)
     assert rec_few["n_train_pixels"] == 50 and rec_few["n_features"] == 4
+    X, y = labelled_pixels(train, "cosia", lambda b: b["aerial"][:, 0], 10_000, 0, max_patches=2)
+    assert len(y) == 2 * 15 * 16 and X.shape == (2 * 15 * 16, 4)  # 2 of the 4 patches
+    X, y = labelled_pixels(train, "cosia", lambda b: b["aerial"][:, 0], 40, 0)
+    assert len(y) == 40  # ⌈80 / 4⌉ = 20 pixels from each patch, then 40 of those 80
     path = save_baseline(model, tmp_path / "baseline.safetensors")
     loaded = load_baseline(path)
     batch = {k: torch.stack([it[k] for it in test]) for k in ("aerial", "s2")}

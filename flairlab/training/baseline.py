@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from flairlab.data.catalog import IGNORE_INDEX
 from flairlab.data.dataset import MODEL_BANDS, collate
@@ -86,22 +86,31 @@ def _loader(ds: Dataset, batch_size: int) -> DataLoader:
 
 @torch.no_grad()
 def labelled_pixels(
-    ds: Dataset, task: str, features: Features, max_pixels: int, seed: int, batch_size: int = 8
-) -> tuple[Tensor, Tensor]:
-    """(X (N, F), y (N,)): `features` of the labelled pixels of `ds`, at most `max_pixels` of
-    them drawn uniformly without replacement (seeded)."""
+    ds: Dataset, task: str, features: Features, max_pixels: int, seed: int, batch_size: int = 8,
+    max_patches: int = 500,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """(X (N, F), y (N,)): `features` of labelled pixels of `ds`, at most `max_pixels` of them,
+    drawn uniformly (seeded) from at most `max_patches` patches (a seeded random subset of a
+    larger dataset), at most ⌈2·max_pixels / patches⌉ per patch — memory stays bounded at the
+    native 512-px label grid and on the full dataset."""
+    g = torch.Generator().manual_seed(seed)
+    if len(ds) > max_patches:
+        ds = Subset(ds, torch.randperm(len(ds), generator=g)[:max_patches].tolist())
+    per_patch = -(-2 * max_pixels // max(1, len(ds)))
     xs, ys = [], []
     for batch in _loader(ds, batch_size):
         feats = features(batch)  # (B, F, S, S)
         y = batch[task]
         if y.shape[-1] != feats.shape[-1]:
             raise ValueError(f"labels are {y.shape[-1]} px, features {feats.shape[-1]} px")
-        keep = y != IGNORE_INDEX
-        xs.append(feats.permute(0, 2, 3, 1)[keep])
-        ys.append(y[keep])
+        for f, t in zip(feats.permute(0, 2, 3, 1), y, strict=True):
+            keep = torch.nonzero((t != IGNORE_INDEX).flatten()).squeeze(1)
+            if len(keep) > per_patch:
+                keep = keep[torch.randperm(len(keep), generator=g)[:per_patch]]
+            xs.append(f.reshape(-1, f.shape[-1])[keep])
+            ys.append(t.flatten()[keep])
     X, y = torch.cat(xs), torch.cat(ys)
     if len(y) > max_pixels:
-        g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(y), generator=g)[:max_pixels]
         X, y = X[idx], y[idx]
     return X, y
