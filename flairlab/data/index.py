@@ -130,11 +130,16 @@ def _finish(df: pd.DataFrame, catalog: Catalog, root: Path) -> pd.DataFrame:
 
 
 def read_split_csv(
-    csv_path: str | Path, root: str | Path | None = None, catalog: Catalog | None = None
+    csv_path: str | Path,
+    root: str | Path | None = None,
+    catalog: Catalog | None = None,
+    allow_empty: bool = False,
 ) -> pd.DataFrame:
     """Read an official split CSV (`,` or `;`, sniffed); cells `../X` resolve to `root/X`.
 
-    Every cell is checked against its column and `patch_id` (a mismatch is a DataError).
+    Every cell is checked against its column and `patch_id` (a mismatch is a DataError). A CSV
+    with a header but no rows is an error unless `allow_empty` (one split of a dataset that has
+    no patch in it, e.g. a tiny sample's test split).
     """
     cat = catalog or load_catalog()
     csv_path = Path(csv_path)
@@ -148,7 +153,7 @@ def read_split_csv(
             expected="patch_id,<modality columns>",
             found=",".join(raw.columns),
         )
-    if raw.empty:
+    if raw.empty and not allow_empty:
         raise DataError("split CSV has a header but no patch rows", path=csv_path,
                         expected="one line per patch", found="0 lines")  # fmt: skip
     if raw["patch_id"].duplicated().any():
@@ -360,13 +365,17 @@ def index_split_csvs(
     cat = catalog or load_catalog()
     frames = []
     for split, paths in csvs.items():
-        parts = [read_split_csv(p, root, cat) for p in paths]
+        parts = [read_split_csv(p, root, cat, allow_empty=True) for p in paths]
         part = pd.concat(parts)
         part = part[~part.index.duplicated()]
         part["split"] = split
         part.attrs = parts[0].attrs
         frames.append(part)
     df = pd.concat(frames)
+    if df.empty:
+        files = [p.name for paths in csvs.values() for p in paths]
+        raise DataError("split CSVs have a header but no patch rows", path=Path(root),
+                        expected="one line per patch", found=f"0 lines in {files}")  # fmt: skip
     if df.index.duplicated().any():
         pid = df.index[df.index.duplicated()][0]
         where = sorted(df.loc[[pid], "split"].unique())
@@ -383,9 +392,9 @@ def index_dataset(root: str | Path, catalog: Catalog | None = None,
     source — or, without any split CSV, a folder scan (split from `GLOBAL_ALL_MTD_SPLIT.gpkg`)."""
     cat = catalog or load_catalog()
     here = Path(root).resolve()
-    if splits is None:
+    if splits is None:  # a source that declares no split names gets every source's patterns
         splits = next((src.splits for name, src in cat.sources.items()
-                       if cat.source_root(name) == here), None)  # fmt: skip
+                       if cat.source_root(name) == here and src.splits), None)  # fmt: skip
     if splits is None:
         splits = {}
         for src in cat.sources.values():
