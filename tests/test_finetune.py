@@ -17,6 +17,7 @@ from flairlab.models.heads import SegmentationHead
 from flairlab.models.segmodel import (
     SegmentationModel,
     build_encoder,
+    class_names,
     load_finetuned,
     predict_logits,
     save_finetuned,
@@ -187,6 +188,42 @@ def test_batch_stream_cycles_epochs_and_train_phase_counts_optimiser_steps():
                       step0=5)  # fmt: skip
     assert res.log[0]["step"] == 6 and res.stopped_at == 8  # lr 0: no better check after step 6
     assert res.best is not None and res.best_step == 6
+
+
+def test_curves_by_step_and_predictions_with_a_class_legend():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from flairlab.training.baseline import run_baseline
+    from flairlab.training.finetune_plots import floor_table, plot_curves, plot_predictions
+
+    history = [
+        {"phase": "probe", "step": 20, "train_loss": 1.7, "train_miou": 0.15, "val_loss": 1.0,
+         "val_miou": 0.22},
+        {"phase": "finetune", "step": 45, "train_loss": 1.0, "train_miou": 0.3, "val_loss": 0.7,
+         "val_miou": 0.39},
+    ]  # fmt: skip
+    log = [{"step": s, "phase": "probe" if s <= 20 else "finetune", "lr": 1e-3, "loss": 3 / s}
+           for s in range(1, 46)]  # fmt: skip
+    fig = plot_curves(history, log, {"val_miou": 0.74}, title="t")
+    loss_ax, miou_ax = fig.axes
+    assert loss_ax.get_xlabel() == miou_ax.get_xlabel() == "optimiser step"
+    assert len(loss_ax.lines[0].get_xdata()) == 45  # every step of the training loss
+    assert any("floor" in t.get_text() for t in miou_ax.get_legend().get_texts())
+    torch.manual_seed(0)
+    enc, _ = build_encoder(None, ["aerial", "s2"], **GEOM)
+    model = SegmentationModel(enc, SegmentationHead(enc.embed_dim, 15, 4, 32), ["aerial", "s2"])
+    items = [{k: v[0] for k, v in fake_batch(B=1).items()} for _ in range(2)]
+    floor, _ = run_baseline(items, {}, "cosia", ["aerial", "s2"], 32)
+    fig = plot_predictions(model, items, "cosia", n=2, baseline=floor)
+    assert [ax.get_title() for ax in fig.axes[:4]] == ["aerial (R, G, B)", "ground truth",
+                                                        "model", "floor: per-pixel logistic"]
+    names = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert names and set(names) <= set(class_names("cosia")) and "building" in names
+    res = {"val": {"miou": 0.4}, "test_miou": 0.5, "test_oa": 0.9, "n_train_patches": 3,
+           "steps": {"total": 45}, "baseline": {"val_miou": 0.7, "test_miou": 0.8,
+           "test_oa": 0.95, "n_train_pixels": 900, "n_features": 34}}  # fmt: skip
+    assert list(floor_table(res).index) == ["model", "floor: per-pixel logistic regression"]
 
 
 def test_upsample_head_reads_the_inputs_and_round_trips(tmp_path):
