@@ -129,8 +129,8 @@ if wants smoke; then
   run_step pretrain-stop 120 "$PY" "${PT[@]}" --set train.stop_at_step=4
   run_step pretrain-resume 90 "$PY" "${PT[@]}" --resume
   run_step finetune 150 "$PY" -m flairlab.cli finetune --source synthetic:16 \
-    --checkpoint "$WORK/pretrain" --probe-epochs 1 --finetune-epochs 1 --batch-size 4 \
-    --max-steps-per-epoch 2 "${LABEL[@]}" --device $DEV --compile $COMPILE \
+    --checkpoint "$WORK/pretrain" --probe-steps 2 --finetune-steps 2 --eval-every 0 \
+    --batch-size 4 "${LABEL[@]}" --device $DEV --compile $COMPILE \
     --output-dir "$WORK/finetune"
 fi
 if wants ddp && [ "$NPROC" -gt 1 ]; then

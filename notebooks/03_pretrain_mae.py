@@ -32,7 +32,8 @@ cclk_variant: str = ""  # cclk: fair (domain), weak (COSIA histogram), hard (emb
 fusion_mode: str = ""  # empty: preset (inter-group); or shared, monotemp, mod, group, inter-mod
 size: str = ""  # empty: preset (cpu nano, full medium, the paper's Base); or tiny, small, large
 mask_ratio: float = 0.75  # share of the tokens of every group hidden from the encoder
-epochs: int = 0  # 0: preset (cpu 30, full 100)
+steps: int = 0  # optimiser steps; 0: preset (cpu 300 steps, full: its epochs)
+epochs: int = 0  # a budget in epochs instead of steps; 0: preset (full 100)
 batch_size: int = 0  # per device; 0: preset (cpu 4, full 32)
 base_lr: float = 0.0  # 0: preset (cpu 1e-3, full 3e-5); peak lr is base_lr * sqrt(batch / 3)
 modalities: str = ""  # comma-separated model inputs; empty: preset (aerial,dem,s2,s1_asc,s1_desc)
@@ -41,7 +42,7 @@ patch_size: str = ""  # token patch px, e.g. aerial:16; empty: preset
 n_dates: str = ""  # dates per series, e.g. s2:4; empty: preset (cpu 4/2/2, full 16/4/4)
 n_patches: int = 0  # use only the first n training patches; 0: all
 device: str = "auto"  # auto, cpu or cuda
-precision: str = "auto"  # auto (bf16 where supported), bf16-mixed, 32-true
+precision: str = "auto"  # auto (GPU: bf16; CPU: the faster of fp32 / bf16, measured), 32-true
 resume: bool = False  # continue the run found in output_dir (a finished run is just reloaded)
 n_show: int = 2  # validation patches shown as reconstructions
 seed: int = 0  # weights, data order and masks
@@ -67,7 +68,7 @@ from flairlab.training.pretrain_plots import (
 cfg = notebook_config(
     preset, modalities=modalities, image_size=image_size, patch_size=patch_size,
     n_dates=n_dates, device=device, size=size, fusion_mode=fusion_mode,
-    mask_ratio=mask_ratio, epochs=epochs, batch_size=batch_size, base_lr=base_lr,
+    mask_ratio=mask_ratio, steps=steps, epochs=epochs, batch_size=batch_size, base_lr=base_lr,
     precision=precision, n_patches=n_patches, source=source, seed=seed,
     output_dir=output_dir, resume=resume, objective=objective,
     contrastive_weight=contrastive_weight, contrastive_kind=contrastive_kind,

@@ -24,6 +24,8 @@
 # 4. **MAE vs MAE + contrastive** pre-training.
 #
 # An axis appears once the runs differ along it — e.g. `flairlab run pipelines/sweep_label_efficiency.yaml`. Runs are never overwritten, so repeated runs of the same point show up as `n > 1` with a standard deviation.
+#
+# The last section shows the committed **pre-training study** (`benchmarks/reported/ssl_study.json`): MAE, contrastive and random initialisation fine-tuned at 10 % and 100 % of the labels of the 250-patch toy sample, three seeds each, every run until its validation mIoU plateaued.
 
 # %% tags=["parameters"]
 runs_dir: str = "../runs"  # folder holding the run folders (`flairlab run --runs-dir`)
@@ -34,6 +36,7 @@ pretrained: str = "pretrained"  # results key: fine-tuned from a pre-trained enc
 fraction: str = "label_fraction"  # share of labelled training patches (label efficiency)
 fusion: str = "model.config.fusion_mode"  # results key: fusion mode of the fine-tuned encoder
 contrastive: str = "contrastive_weight"  # pre-training parameter: 0 = MAE only
+study: str = "../benchmarks/reported/ssl_study.json"  # committed pre-training study; "": skip
 output_dir: str = "outputs/06_compare_runs"  # results.json and figures/
 
 
@@ -116,3 +119,27 @@ results_file = save_results(output_dir, {
     'label_efficiency': compare.records(curves),
     'mae_vs_contrastive': compare.records(by_method),
 })
+
+# %% [markdown]
+# ## 5 · The pre-training study (committed result)
+#
+# Made by `benchmarks/ssl_study.py` (command and commit below); each dot is one seed, lines join the runs that shared a labelled subset, the dashed line is the floor (per-pixel logistic regression on the same pixels). "> 2 std": the difference of the means exceeds twice the larger standard deviation over seeds.
+
+# %%
+from pathlib import Path
+
+from flairlab.runs.study import load_study, plot_study, study_table
+
+if study and Path(study).is_file():
+    ssl, ssl_details = load_study(study)
+    floors = ssl_details['floor_test_miou'] if ssl_details else None
+    print(f"{ssl['pipeline']}  (commit {ssl['commit'][:10]})")
+    fig = plot_study(ssl, floors)
+    save_figure(fig, output_dir, 'ssl_study')
+    plt.show()
+    ssl_table = study_table(ssl, floors)
+    save_results(output_dir, {'ssl_study': ssl['arms'], 'ssl_study_steps': ssl['steps']})
+else:
+    ssl_table = None
+    print(f'no study result at {study!r}')
+ssl_table

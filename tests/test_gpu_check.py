@@ -58,8 +58,9 @@ WITHOUT_GDAL = textwrap.dedent(
     summary = pretrain({"model": model, "data": {"source": "synthetic:4"}, "output_dir": out,
                         "train": {"epochs": 1, "batch_size": 2, "precision": "32-true"}},
                        progress=False)
-    res = run_finetune(FinetuneConfig(source="synthetic:4", checkpoint=out, probe_epochs=1,
-                                      finetune_epochs=1, batch_size=2, label_size=32),
+    res = run_finetune(FinetuneConfig(source="synthetic:4", checkpoint=out, probe_steps=1,
+                                      finetune_steps=1, eval_every=0, batch_size=2,
+                                      label_size=32),
                        out + "/finetune")
     loaded = [m for m in ("rasterio", "pyogrio", "geopandas") if sys.modules.get(m) is not None]
     print("STEPS", summary["step"], len(res["history"]), res["compiled"], loaded)

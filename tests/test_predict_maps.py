@@ -602,9 +602,9 @@ def test_predict_from_finetuned_checkpoint(tmp_path: Path) -> None:
     torch.manual_seed(0)
     root = make_tree(tmp_path / "tree")
     cfg = FinetuneConfig(modalities=["aerial"], image_size={"aerial": 64},
-                         patch_size={"aerial": 8}, label_size=64, probe_epochs=1,
-                         finetune_epochs=1, batch_size=2, root=str(root), device="cpu",
-                         max_steps_per_epoch=1)  # fmt: skip
+                         patch_size={"aerial": 8}, label_size=64, probe_steps=1,
+                         finetune_steps=1, eval_every=0, batch_size=2, root=str(root),
+                         device="cpu")  # fmt: skip
     run_finetune(cfg, tmp_path / "ft")
     predict_fn, mods = load_segmentation_model(tmp_path / "ft" / "finetuned.safetensors")
     assert mods == ["aerial"]

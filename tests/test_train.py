@@ -409,7 +409,7 @@ def test_notebook_config_applies_flat_parameters_over_the_preset():
     assert cfg.model.modalities["aerial"].image_size == 64
     assert cfg.model.modalities["aerial"].patch_size == 16  # kept from the preset
     assert cfg.model.modalities["s2"].n_dates == 3 and cfg.model.size == "nano"
-    assert cfg.train.epochs == 30 and cfg.train.batch_size == 2 and cfg.resume is True
+    assert cfg.train.steps == 300 and cfg.train.batch_size == 2 and cfg.resume is True
     assert cfg.model.fusion_mode == "group"
     full = notebook_config("full")
     assert full.model.n_tokens() == 1880 and full.model.size == "medium"

@@ -54,6 +54,8 @@ from flairlab.data.synthetic_tables import (
     IMPERVIOUS,
     LIGNEOUS,
     LPIS_BG,
+    P_ALFALFA,
+    P_BRUSH,
     P_CONIF,
     P_DECID,
     P_GARDEN,
@@ -61,6 +63,7 @@ from flairlab.data.synthetic_tables import (
     P_HEDGE,
     P_INTERROW,
     P_NONE,
+    P_WWHEAT,
     PATCH_M,
     PERVIOUS,
     PHENO,
@@ -305,6 +308,7 @@ def sample_scene(sc: RoiScene, X: np.ndarray, Y: np.ndarray) -> dict[str, np.nda
         pheno, bgm = np.where(mask, ph, pheno), np.where(mask, bg, bgm)
         height0 = np.where(mask, hgt, height0)
         l3 = np.where(mask, LPIS_BG, l3)
+    tex = class_texture(k, X, Y, u, v, cid, pheno, tex)
     trees = np.isin(pheno, [P_DECID, P_CONIF, P_HEDGE])
     height0 = np.where(trees, height0 * (0.8 + 0.25 * tex), height0)
     strip_tone = 0.5 + 0.9 * (
@@ -326,6 +330,42 @@ def sample_scene(sc: RoiScene, X: np.ndarray, Y: np.ndarray) -> dict[str, np.nda
         tone=strip_tone.astype(np.float32),
         dtm=dtm,
     )
+
+
+# crowns: (phenology, lattice spacing m, share of the spacing a crown covers)
+CROWNS = ((P_DECID, 6.0, 0.65), (P_CONIF, 3.6, 0.55), (P_HEDGE, 4.0, 0.7), (P_BRUSH, 2.4, 0.6))
+
+
+def class_texture(k: int, X, Y, u, v, cid, pheno, base) -> np.ndarray:
+    """Optical texture (-1..1) whose *pattern* depends on the class, the same in every domain —
+    the structure that unlabelled imagery reveals (per-patch normalised aerial tokens of an
+    isotropic noise texture carry nothing a masked autoencoder can predict):
+
+    * crops (every crop phenology): rows / tramlines along one side of the parcel, period 3-6 m
+      drawn per parcel — stripes that continue from one token to the next;
+    * trees, hedges, brushwood: crowns on a jittered lattice (deciduous 6 m, coniferous 3.6 m,
+      brushwood 2.4 m), bright tops and dark gaps (they also shape the DSM);
+    * grassland, gardens, alfalfa: smooth mottling (9 m);
+    * everything else keeps `base` (fine isotropic noise).
+    """
+    out = base.copy()
+    crop = pheno >= P_WWHEAT
+    if crop.any():
+        c = cid[crop]
+        period = 3.0 + 3.0 * hash_u01(subkey(k, "row period"), c)
+        along = np.where(hash_u01(subkey(k, "row side"), c) < 0.5, u[crop], v[crop])
+        out[crop] = 0.3 * base[crop] + 0.7 * np.cos(2 * np.pi * along / period)
+    for ph, cell, cover in CROWNS:
+        m = pheno == ph
+        if m.any():
+            w = worley(X[m], Y[m], cell, cell, subkey(k, "crowns", ph))
+            d = np.hypot(X[m] - w["su"], Y[m] - w["sv"]) / (cover * cell)
+            out[m] = 0.25 * base[m] + 0.75 * (1 - 2 * np.clip(d, 0, 1) ** 2)
+    grass = np.isin(pheno, [P_GRASS, P_GARDEN, P_ALFALFA])
+    if grass.any():
+        mottle = 2 * value_noise(X[grass], Y[grass], 9.0, subkey(k, "mottle")) - 1
+        out[grass] = 0.3 * base[grass] + 0.7 * mottle
+    return np.clip(out, -1, 1).astype(np.float32)
 
 
 def _grid(left: float, top: float, res: float, n: int, pad: int = 0):

@@ -94,7 +94,7 @@ BG_S1 = np.array([[-12, -20], [-9, -15.5], [-12, -19], [-16, -25], [-2, -9], [-2
                   [-20, -27], [-21, -28], [-13, -21], [-12, -20], [-12, -20]], dtype=float)
 SOILLIKE = np.isin(np.arange(12), [B_SOIL, B_DRYGRASS, B_GRAVEL])  # respond to soil moisture
 WETLIKE = np.isin(np.arange(12), [B_POOL, B_WATER])  # respond to wind
-TEX_AMP = np.array([.10, .05, .03, .10, .15, .12, .03, .02, .10, .06, .10, .10, .30, .35, .25, .20,
+TEX_AMP = np.array([.10, .05, .03, .10, .15, .12, .03, .02, .10, .15, .15, .10, .30, .35, .25, .20,
                     .25, .32, .25], dtype=np.float32)  # optical texture per COSIA class
 # panchromatic tone of each (historical) class in the 1950s photographs
 PAN_TONE = np.array([.62, .60, .50, .55, .60, .60, .12, .90, .38, .45, .50, .42, .18, .12, .30,

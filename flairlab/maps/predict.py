@@ -278,16 +278,19 @@ def dataset_batches(
     num_workers: int = 0,
     index: Any = None,
     catalog: Catalog | None = None,
+    n_dates: dict[str, int] | None = None,
 ) -> Iterable[dict[str, Any]]:
     """Evaluation batches (no flips, deterministic dates) from `flairlab.data.dataset`;
-    `index`: the dataset's patch index when the caller has it (not rebuilt)."""
+    `index`: the dataset's patch index when the caller has it (not rebuilt); `n_dates`: dates
+    per series (default FLAIR-HUB's) — a model's own, so that its date bins are the ones it was
+    trained on."""
     from torch.utils.data import DataLoader
 
     from flairlab.data.dataset import FlairHubDataset, collate
 
     ds = FlairHubDataset(
         root, split=None, modalities=tuple(modalities), targets=(), train=False,
-        patch_ids=patch_ids, index=index, catalog=catalog,
+        patch_ids=patch_ids, index=index, catalog=catalog, n_dates=n_dates,
     )  # fmt: skip
     return DataLoader(
         ds, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers
@@ -357,7 +360,8 @@ def predict(
             batches_for(pids)
             if batches_for is not None
             else dataset_batches(root, pids, modalities=modalities, batch_size=batch_size,
-                                 index=index, catalog=cat)
+                                 index=index, catalog=cat,
+                                 n_dates=getattr(predict_fn, "n_dates", None))
         )
         res = predict_zone(
             predict_fn,

@@ -29,14 +29,17 @@ from flairlab.data.catalog import load_catalog
 from flairlab.data.dataset import TARGETS
 from flairlab.data.errors import DataError
 from flairlab.data.results import write_json_atomic
-from flairlab.models.heads import SegmentationHead
+from flairlab.models.heads import SegmentationHead, UpsampleHead
+
+HEADS = ("upsample", "attentive")  # flairlab's CPU default, MAESTRO's head
 
 
 class SegmentationModel(nn.Module):
-    """Encoder (`forward_features(batch) -> {key: (B, D, g, g, E)}`) + attentive segmentation
-    head. `forward(batch) -> logits (B, n_classes, S, S)`; `frozen=True` detaches the features."""
+    """Encoder (`forward_features(batch) -> {key: (B, D, g, g, E)}`) + segmentation head
+    (`SegmentationHead` or `UpsampleHead`, which also reads the batch's inputs).
+    `forward(batch) -> logits (B, n_classes, S, S)`; `frozen=True` detaches the features."""
 
-    def __init__(self, encoder: nn.Module, head: SegmentationHead, modalities: list[str]) -> None:
+    def __init__(self, encoder: nn.Module, head: nn.Module, modalities: list[str]) -> None:
         super().__init__()
         self.encoder, self.head, self.modalities = encoder, head, list(modalities)
 
@@ -50,7 +53,41 @@ class SegmentationModel(nn.Module):
         return {k: feats[k] for k in self.modalities if k in feats}
 
     def forward(self, batch: dict[str, Any], frozen: bool = False) -> Tensor:
+        if getattr(self.head, "needs_inputs", False):
+            return self.head(self.features(batch, frozen), batch)
         return self.head(self.features(batch, frozen))
+
+
+def build_head(
+    kind: str,
+    config: Any,
+    modalities: list[str],
+    n_classes: int,
+    label_size: int,
+    *,
+    dim: int = 32,
+    feature_norm: bool = False,
+) -> nn.Module:
+    """Segmentation head on the reference grid of an encoder `config` (`MAEConfig`): aerial when
+    it is an input, else the finest token grid. `kind`: "upsample" (`UpsampleHead`, width `dim`)
+    or "attentive" (MAESTRO's `SegmentationHead`)."""
+    mods = list(modalities)
+    ref = "aerial" if "aerial" in mods else max(mods, key=config.token_grid)
+    grid = config.token_grid(ref)
+    if kind == "attentive":
+        return SegmentationHead(config.embed_dim, n_classes, grid, label_size,
+                                feature_norm=feature_norm)  # fmt: skip
+    if kind == "upsample":
+        in_ch = sum(config.modalities[k].n_dates * config.modalities[k].in_chans for k in mods)
+        return UpsampleHead(config.embed_dim, n_classes, grid, label_size, in_ch, mods, dim=dim,
+                            feature_norm=feature_norm)  # fmt: skip
+    raise DataError("segmentation head", expected=HEADS, found=kind)
+
+
+def head_meta(head: nn.Module) -> dict[str, Any]:
+    """What `build_head` needs to rebuild `head` (stored beside fine-tuned weights)."""
+    kind = "upsample" if isinstance(head, UpsampleHead) else "attentive"
+    return {"head": kind, "head_dim": getattr(head, "dim", 0)}
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -147,9 +184,13 @@ def class_names(target: str) -> list[str]:
 
 
 # -- precision --------------------------------------------------------------------------------
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA, a no-op elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+def autocast(device: torch.device, precision: str | None = None):
+    """Autocast for a resolved Lightning-style `precision` ("bf16-mixed", "16-mixed", "32-true");
+    None: bf16 on CUDA, a no-op elsewhere."""
+    if precision is None:
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    dtype = torch.float16 if precision.startswith("16") else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype, enabled=precision != "32-true")
 
 
 # -- fine-tuned checkpoints -----------------------------------------------------------------------
@@ -159,7 +200,7 @@ DECODER_PREFIXES = ("encoder.decoders.", "encoder.enc_to_dec.", "encoder.mask_to
 
 # the .json fields that define the model: saved in the weights file too, and checked on load
 MODEL_FIELDS = ("model_config", "modalities", "n_classes", "feature_norm", "grid", "label_size",
-                "task", "geometry")  # fmt: skip
+                "task", "geometry", "head", "head_dim")  # fmt: skip
 META_KEY = "flairlab_model"  # safetensors header entry holding those fields (JSON)
 
 
@@ -180,7 +221,7 @@ def save_finetuned(model: SegmentationModel, path: str | Path, meta: dict[str, A
         "model_config": model.encoder.config.to_dict(), "modalities": model.modalities,
         "n_classes": model.head.n_classes,
         "feature_norm": model.head.feature_norm is not None, "grid": model.head.grid,
-        "label_size": model.head.out_size, **meta,
+        "label_size": model.head.out_size, **head_meta(model.head), **meta,
     })  # fmt: skip
     header = {k: info[k] for k in MODEL_FIELDS if k in info}
     tmp = path.with_name(f".{path.name}.tmp")
@@ -248,8 +289,9 @@ def load_finetuned(
                             + "; ".join(diff[:5]), path=meta_path)  # fmt: skip
     try:
         encoder = MAE(MAEConfig.from_dict(meta["model_config"]))
-        head = SegmentationHead(encoder.embed_dim, meta["n_classes"], meta["grid"],
-                                meta["label_size"], feature_norm=meta.get("feature_norm", False))
+        head = build_head(meta.get("head", "attentive"), encoder.config, meta["modalities"],
+                          meta["n_classes"], meta["label_size"], dim=meta.get("head_dim", 32),
+                          feature_norm=meta.get("feature_norm", False))  # fmt: skip
         model = SegmentationModel(encoder, head, meta["modalities"])
     except (KeyError, TypeError) as err:
         raise DataError(f"fine-tuned model description: {type(err).__name__} {err}",
@@ -269,7 +311,9 @@ def load_finetuned(
 
 def adapt_batch(model: SegmentationModel, batch: dict[str, Any]) -> dict[str, Any]:
     """Bring a batch to the model geometry: nearest resize per date to the configured image size;
-    if a series has another number of dates, D evenly spaced ones are kept (documented)."""
+    if a series has another number of dates, D evenly spaced ones are kept (documented; read the
+    data with the model's `n_dates` instead where possible: the upsample head reads each date
+    slot as its own input channel, so other dates change what it sees)."""
     out = dict(batch)
     for key in model.modalities:
         m = model.encoder.config.modalities[key]
@@ -306,10 +350,12 @@ def load_segmentation_model(checkpoint: str | Path, device: str = "cpu", out_siz
                         found="none")  # fmt: skip
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))  # fmt: skip
-    model, _ = load_finetuned(checkpoint, dev)
+    model, meta = load_finetuned(checkpoint, dev)
 
     def predict_fn(batch: dict[str, Any]) -> Tensor:
         batch = {k: v.to(dev) if isinstance(v, Tensor) else v for k, v in batch.items()}
         return predict_logits(model, batch, out_size)
 
+    # read series with the model's own date bins (the upsample head reads date slots as channels)
+    predict_fn.n_dates = (meta.get("geometry") or {}).get("n_dates")
     return predict_fn, list(model.modalities)

@@ -1,18 +1,28 @@
-"""Fine-tuning and evaluation: attentive probe, then full fine-tuning (maestro-method.md §8).
+"""Fine-tuning and evaluation: probe, then full fine-tuning (maestro-method.md §8), beside a floor.
 
 One run = **probe** (encoder frozen, features detached, only the head trains) → **fine-tune**
-(everything trains; evaluation uses an EMA copy of the weights) → test on the held-out split.
-A run without a checkpoint is the **from-scratch baseline**: same architecture, same phases, the
-encoder starts from random weights. Tasks: `cosia` (15 evaluated classes, 15-18 ignored) and
-`lpis` (level 1, 23 classes); any subset of modalities.
+(everything trains; evaluation uses an EMA copy of the weights) → test on the held-out split,
+next to **the floor**: a per-pixel logistic regression fitted on the same training pixels
+(`flairlab.training.baseline`). A run without a checkpoint is the **from-scratch baseline**: same
+architecture, same phases, the encoder starts from random weights. Tasks: `cosia` (15 evaluated
+classes, 15-18 ignored) and `lpis` (level 1, 23 classes); any subset of modalities.
 
-Optimisation (§8.2, R6): AdamW β = (0.9, 0.99), weight decay 0.01,
-`lr_max = base_lr · sqrt(batch / 3)`, per-step one-cycle schedule (start lr_max/1000, cosine
-rise over the first 20 % of steps, cosine decay to lr_max/1e7 for the probe and lr_max/2 for
-fine-tuning). EMA updated once per fine-tuning epoch with `m = max(0, 1 − 1/(0.2·E))`.
-Deviations: base learning rates default to values that move in a few epochs on a small sample
-(the paper's 1e-5 is for 15-100 epochs over 241 k tiles); the EMA copy starts from the model at
-the start of fine-tuning (the reference starts it at random init, quirk §13.7).
+**Budgets are optimiser steps** (`probe_steps`, `finetune_steps`; batches are drawn from
+successive shuffled epochs), validation every `eval_every` steps; `patience` > 0 stops a phase
+after that many validations without a better validation mIoU and keeps the best weights.
+
+Heads: `head = "upsample"` (default; `UpsampleHead`, a light decoder at the label resolution that
+also reads the inputs) or `"attentive"` (MAESTRO's head: attentive pooling per token cell, pixel
+shuffle). Optimisation (§8.2, R6): AdamW β = (0.9, 0.99), weight decay 0.01,
+`lr_max = base_lr · sqrt(batch / 3)` with base `head_lr` for the head (new weights) and
+`finetune_lr` for the encoder, per-step one-cycle schedule (cosine warm-up over `warmup`
+of the phase's steps from lr_max/25, cosine decay to lr_max/100 for the probe and lr_max/2 for
+fine-tuning), EMA of the weights updated every step (horizon 20 % of the phase, warmed up).
+Deviations from R6, for budgets of tens to hundreds of steps: the warm-up starts at 1/25 instead
+of 1/1000 and lasts 10 % instead of 20 %; the probe ends at 1/100 instead of 1e-7; the EMA is
+per step (per epoch in the reference) and starts from the weights at the start of fine-tuning
+(random init in the reference, quirk §13.7); base learning rates are larger than the paper's
+1e-5 (which is for 15-100 epochs over 241 k tiles).
 
 `label_fraction` keeps a reproducible, class-stratified subset of the labelled training patches
 (`subsample_patches`): rarest classes are covered first, the rest is filled at random.
@@ -30,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -41,25 +52,30 @@ from flairlab.data.dataset import (
     collate,
     label_target,
 )
+from flairlab.data.dataset_cache import CachedFlairHubDataset
 from flairlab.data.errors import DataError
 from flairlab.data.results import save_results, start_run
-from flairlab.data.synthetic_tensors import open_dataset
-from flairlab.models.heads import SegmentationHead
+from flairlab.data.synthetic_tensors import is_synthetic, open_dataset
 from flairlab.models.segmodel import (
+    HEADS,
     SegmentationModel,
     autocast,
     build_encoder,
+    build_head,
     class_names,
     n_classes_of,
     pick_device,
     save_finetuned,
     to_device,
 )
+from flairlab.training.baseline import run_baseline, save_baseline
 from flairlab.training.compiling import compile_module, compile_setting
-from flairlab.training.metrics import evaluate, segmentation_loss
-from flairlab.training.schedules import ema_momentum, ema_update, one_cycle
+from flairlab.training.loop import resolve_precision, set_threads
+from flairlab.training.metrics import SegmentationMetrics, evaluate, segmentation_loss
+from flairlab.training.schedules import ema_momentum_at, ema_update, one_cycle_scheduler
 
-FINAL_FACTOR = {"probe": 1e7, "finetune": 2.0}
+FINAL_FACTOR = {"probe": 100.0, "finetune": 2.0}  # lr_max / lr at the last step of a phase
+WARM_START = 1 / 25  # lr multiplier of the first warm-up step
 
 
 # -- label subsampling --------------------------------------------------------------------------
@@ -127,14 +143,23 @@ class FinetuneConfig:
     n_dates: dict[str, int] = field(default_factory=dict)
     label_size: int = 0  # label pixels per side (0 = native 512, i.e. 0.2 m)
     label_fraction: float = 1.0
-    probe_epochs: int = 2
-    finetune_epochs: int = 4
+    head: str = "upsample"  # upsample (light decoder + input skip) | attentive (MAESTRO)
+    head_dim: int = 32  # width of the upsample head's decoder
+    probe_steps: int = 30  # optimiser steps with the encoder frozen
+    finetune_steps: int = 200  # optimiser steps training everything
     batch_size: int = 4
-    probe_lr: float = 1e-3  # base lr; lr_max = base · sqrt(batch / 3)
-    finetune_lr: float = 2e-4
+    head_lr: float = 1e-2  # base lr of the head (probe and fine-tuning); lr_max = base·√(batch/3)
+    finetune_lr: float = 1e-3  # base lr of the encoder in fine-tuning
+    warmup: float = 0.1  # share of each phase's steps spent warming up
     weight_decay: float = 0.01
     use_ema: bool = True
     feature_norm: bool = False  # BatchNorm (no affine) on tokens before the head (MAE-style probe)
+    eval_every: int = 50  # validation every N optimiser steps (0: at the end of each phase only)
+    patience: int = 0  # stop a phase after N validations without a better val mIoU (0: off)
+    baseline: bool = True  # fit and report the per-pixel logistic-regression floor
+    precision: str = "auto"  # auto (measured: fp32 or bf16 autocast), 32-true, bf16-mixed
+    threads: int = 0  # torch CPU threads (0: the free cores: CPU quota minus other running jobs)
+    cache: bool = True  # keep decoded rasters in memory (CachedFlairHubDataset)
     seed: int = 0
     subset_seed: int = -1  # -1 = seed
     source: str = "sample"
@@ -144,8 +169,6 @@ class FinetuneConfig:
     test_split: str = "test"
     device: str = "auto"
     num_workers: int = 0
-    eval_every: int = 1  # validation every N epochs (and after the last one)
-    max_steps_per_epoch: int = 0  # 0 = whole epoch (CI / smoke runs use a few)
     compile: str = "auto"  # torch.compile: auto (CUDA) | true | false (training.compiling)
 
     def __post_init__(self) -> None:
@@ -157,6 +180,16 @@ class FinetuneConfig:
             raise DataError("finetune modalities", expected="at least one", found="none")
         if not 0 < self.label_fraction <= 1:
             raise DataError("label_fraction", expected="in (0, 1]", found=self.label_fraction)
+        if self.head not in HEADS:
+            raise DataError("finetune head", expected=HEADS, found=self.head)
+        for name in ("probe_steps", "finetune_steps", "eval_every", "patience"):
+            if getattr(self, name) < 0:
+                raise DataError(f"finetune {name}", expected=">= 0", found=getattr(self, name))
+        if self.probe_steps + self.finetune_steps == 0:
+            raise DataError("finetune budget", expected="probe_steps + finetune_steps > 0",
+                            found=0)  # fmt: skip
+        if not 0 <= self.warmup < 1:
+            raise DataError("finetune warmup", expected="in [0, 1)", found=self.warmup)
         self.compile = compile_setting(self.compile)
 
 
@@ -169,107 +202,191 @@ def _loader(ds: FlairHubDataset, cfg: FinetuneConfig, shuffle: bool) -> DataLoad
         shuffle=shuffle,
         collate_fn=collate,
         num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,
         generator=g,
         drop_last=False,
         pin_memory=torch.cuda.is_available(),
     )
 
 
+class BatchStream:
+    """Endless batches from successive shuffled epochs of a DataLoader (`set_epoch` per epoch),
+    timing how long the caller waits for data (`wait_s`)."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader, self.epoch, self.wait_s = loader, 0, 0.0
+        self._it = None
+
+    def __next__(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        while True:
+            if self._it is None:
+                if hasattr(self.loader.dataset, "set_epoch"):
+                    self.loader.dataset.set_epoch(self.epoch)
+                self._it = iter(self.loader)
+            try:
+                batch = next(self._it)
+                break
+            except StopIteration:
+                self._it, self.epoch = None, self.epoch + 1
+        self.wait_s += time.perf_counter() - t0
+        return batch
+
+
+@dataclass
+class PhaseResult:
+    history: list[dict]  # one row per validation
+    log: list[dict]  # one row per optimiser step: step, phase, lr, loss
+    best: dict[str, Tensor] | None  # state dict of the best validation (patience > 0)
+    best_step: int
+    stopped_at: int
+    compute_seconds: float  # forward, backward and optimiser steps (not data, not validation)
+
+
 def train_phase(
     model: SegmentationModel,
-    loader: DataLoader,
+    stream: BatchStream,
     val_loader: DataLoader,
     cfg: FinetuneConfig,
     phase: str,
     device: torch.device,
     ema: SegmentationModel | None = None,
-) -> list[dict]:
-    """Probe (head only, frozen detached features) or fine-tune (all encoder + head weights)."""
-    epochs = cfg.probe_epochs if phase == "probe" else cfg.finetune_epochs
+    *,
+    precision: str = "32-true",
+    step0: int = 0,
+) -> PhaseResult:
+    """Probe (head only, frozen detached features) or fine-tune (encoder + head) for the phase's
+    budget of optimiser steps. `step0`: optimiser steps already taken (global step numbers)."""
+    steps = cfg.probe_steps if phase == "probe" else cfg.finetune_steps
     frozen = phase == "probe"
     for p in model.encoder.parameters():
         p.requires_grad_(not frozen)
     decoder = ("decoders.", "enc_to_dec.", "mask_tokens.", "pixel_heads.")
-    params = [
+    encoder = [
         p
-        for n, p in model.named_parameters()
-        if p.requires_grad and not n.removeprefix("encoder.").startswith(decoder)
+        for n, p in model.encoder.named_parameters()
+        if p.requires_grad and not n.startswith(decoder)
     ]
-    base = cfg.probe_lr if frozen else cfg.finetune_lr
-    lr_max = base * math.sqrt(cfg.batch_size / 3)
-    opt = torch.optim.AdamW(params, lr=lr_max, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-    steps = (
-        len(loader) if not cfg.max_steps_per_epoch else min(len(loader), cfg.max_steps_per_epoch)
-    )
-    total = max(1, epochs * steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: one_cycle(s, total, FINAL_FACTOR[phase])
-    )
-    m = ema_momentum(epochs)
-    history = []
-    for epoch in range(epochs):
-        t0 = time.perf_counter()
+    scale = math.sqrt(cfg.batch_size / 3)
+    groups = [{"params": list(model.head.parameters()), "lr": cfg.head_lr * scale}]
+    if encoder:
+        groups.append({"params": encoder, "lr": cfg.finetune_lr * scale})
+    opt = torch.optim.AdamW(groups, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    sched = one_cycle_scheduler(opt, max(1, steps), FINAL_FACTOR[phase], cfg.warmup, WARM_START)
+    evaluated = ema if ema is not None else model
+    n_cls = n_classes_of(cfg.task)
+    train_metrics = SegmentationMetrics(n_cls, class_names(cfg.task))
+    history, log, losses = [], [], []
+    best, best_miou, best_step, waited = None, -1.0, step0, 0
+    t0, wait0, compute_s, step = time.perf_counter(), stream.wait_s, 0.0, 0
+    bar = tqdm(total=steps, desc=phase, leave=False)
+    for step in range(1, steps + 1):
+        batch = to_device(next(stream), device)
+        tc = time.perf_counter()
         model.train()
-        loader.dataset.set_epoch(epoch + (0 if frozen else cfg.probe_epochs))
-        losses = []
-        for step, batch in enumerate(
-            tqdm(loader, desc=f"{phase} {epoch + 1}/{epochs}", leave=False)
-        ):
-            if step >= steps:
-                break
-            batch = to_device(batch, device)
-            with autocast(device):
-                logits = model(batch, frozen=frozen)
-            loss = segmentation_loss(logits, batch[cfg.task])
-            lr = opt.param_groups[0]["lr"]
-            if loss is not None:
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(float(loss.detach()))
-            sched.step()
+        with autocast(device, precision):
+            logits = model(batch, frozen=frozen)
+        loss = segmentation_loss(logits, batch[cfg.task])
+        lr = opt.param_groups[-1]["lr"]  # the encoder's (the head's in the probe)
+        if loss is not None:
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            train_metrics.update(logits.detach().float(), batch[cfg.task])
+        sched.step()
         if ema is not None:
-            ema_update(ema, model, m)
-        val = {"miou": float("nan"), "oa": float("nan")}
-        if (epoch + 1) % max(1, cfg.eval_every) == 0 or epoch + 1 == epochs:
-            val = evaluate(ema if ema is not None else model, val_loader, cfg.task, device,
-                           cfg.max_steps_per_epoch)  # fmt: skip
-        history.append(
-            {
-                "phase": phase,
-                "epoch": epoch + 1,
-                "lr": lr,
+            ema_update(ema, model, ema_momentum_at(step - 1, steps))
+        compute_s += time.perf_counter() - tc
+        log.append({"step": step0 + step, "phase": phase, "lr": lr,
+                    "loss": losses[-1] if loss is not None else float("nan")})  # fmt: skip
+        bar.update(1)
+        if (cfg.eval_every and step % cfg.eval_every == 0) or step == steps:
+            val = evaluate(evaluated, val_loader, cfg.task, device, precision=precision)
+            train = train_metrics.compute()
+            train_metrics.reset()
+            history.append({
+                "phase": phase, "step": step0 + step, "phase_step": step, "lr": lr,
                 "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                "val_miou": val["miou"],
-                "val_oa": val["oa"],
-                "seconds": time.perf_counter() - t0,
-            }
-        )
-    return history
+                "train_miou": train["miou"], "val_loss": val["loss"], "val_miou": val["miou"],
+                "val_oa": val["oa"], "seconds": time.perf_counter() - t0,
+                "data_seconds": stream.wait_s - wait0, "compute_seconds": compute_s,
+            })  # fmt: skip
+            losses = []
+            bar.set_postfix(val_miou=f"{val['miou']:.3f}")
+            if cfg.patience:
+                if val["miou"] > best_miou:
+                    best_miou, best_step, waited = val["miou"], step0 + step, 0
+                    best = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
+                else:
+                    waited += 1
+                    if waited >= cfg.patience:
+                        break
+    bar.close()
+    return PhaseResult(history, log, best, best_step, step0 + step, compute_s)
 
 
-def _warm_up(model: SegmentationModel, loader: DataLoader, task: str, device: torch.device) -> None:
+def _warm_up(model: SegmentationModel, loader: DataLoader, task: str, device: torch.device,
+             precision: str | None = None) -> None:  # fmt: skip
     """One probe and one fine-tuning step (forward + backward) on a first batch: compiles both
     graphs before training (validation data: reading it advances no training random stream)."""
     batch = to_device(next(iter(loader)), device)
     for frozen in (True, False):
-        with autocast(device):
+        with autocast(device, precision):
             loss = segmentation_loss(model(batch, frozen=frozen), batch[task])
         if loss is not None:
             loss.backward()
 
 
 # -- one run ------------------------------------------------------------------------------------
+def make_datasets(cfg: FinetuneConfig, geometry: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """Train (augmented), train-eval (same patches, evaluation mode, for the floor), val and
+    test datasets of a run, and the class presence of the full training split. With
+    `cfg.cache`, folder and store sources are read through `CachedFlairHubDataset`."""
+    root = cfg.root or cfg.source
+    if not cfg.root:  # a generated source (the sample, its store) is made on first use
+        from flairlab.data.sources import ensure_source
+
+        root = ensure_source(cfg.source)
+    cached = cfg.cache and not is_synthetic(root)
+
+    def dataset(split: str, **kw: Any):
+        if cached:
+            return CachedFlairHubDataset(root, split, **kw)
+        return open_dataset(root, split, **kw)
+
+    ds_args = dict(modalities=tuple(cfg.modalities), targets=(cfg.task,), seed=cfg.seed,
+                   **geometry)  # fmt: skip
+    full_train = dataset(cfg.train_split, train=False, **ds_args)
+    presence = class_presence(full_train, cfg.task)
+    keep = subsample_patches(
+        presence, cfg.label_fraction, cfg.seed if cfg.subset_seed < 0 else cfg.subset_seed
+    )
+    ids = [full_train.patch_ids[i] for i in keep]
+    out = {
+        "train": dataset(cfg.train_split, train=True, patch_ids=ids, **ds_args),
+        "train_eval": dataset(cfg.train_split, train=False, patch_ids=ids, **ds_args),
+        "val": dataset(cfg.val_split, train=False, **ds_args),
+        "test": dataset(cfg.test_split, train=False, **ds_args),
+    }
+    if cached:  # decoded rasters are the same whatever the mode: one cache for the split
+        out["train"]._cache = out["train_eval"]._cache = full_train._cache
+    return {**out, "presence": presence, "keep": keep, "ids": ids, "n_total": len(full_train)}
+
+
 def run_finetune(
     cfg: FinetuneConfig, output_dir: str | Path, overwrite: bool = False
 ) -> dict[str, Any]:
-    """Probe → fine-tune → test; writes `results.json` and `finetuned.safetensors` (+ `.json`)
-    to `output_dir` and returns the results dict. `output_dir` must be empty or new unless
-    `overwrite` (the results of another run are never merged in)."""
+    """Probe → fine-tune → test, and the floor; writes `results.json`, `finetuned.safetensors`
+    (+ `.json`) and `baseline.safetensors` to `output_dir` and returns the results dict.
+    `output_dir` must be empty or new unless `overwrite` (the results of another run are never
+    merged in)."""
     start_run(output_dir, overwrite)
     t_start = time.perf_counter()
+    set_threads(cfg.threads)  # 0: the free cores (affinity, cgroup quota, other running jobs)
     torch.manual_seed(cfg.seed)
     device = pick_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device.type)
     task, mods = cfg.task, list(cfg.modalities)
     encoder, info = build_encoder(
         cfg.checkpoint or cfg.scratch_like or None,
@@ -287,52 +404,47 @@ def run_finetune(
         "image_size": {**{k: mc.modalities[k].image_size for k in mods}, task: label_size},
         "n_dates": {k: mc.modalities[k].n_dates for k in mods},
     }
-    root = cfg.root or cfg.source
-    if not cfg.root:  # a generated source (the sample, its store) is made on first use
-        from flairlab.data.sources import ensure_source
-
-        root = ensure_source(cfg.source)
-    ds_args = dict(modalities=tuple(mods), targets=(task,), seed=cfg.seed, **geometry)
-    full_train = open_dataset(root, cfg.train_split, train=True, **ds_args)
-    presence = class_presence(full_train, task)
-    keep = subsample_patches(
-        presence, cfg.label_fraction, cfg.seed if cfg.subset_seed < 0 else cfg.subset_seed
-    )
-    train_ids = [full_train.patch_ids[i] for i in keep]
-    train_ds = open_dataset(root, cfg.train_split, train=True, patch_ids=train_ids, **ds_args)
-    val_ds = open_dataset(root, cfg.val_split, train=False, **ds_args)
-    test_ds = open_dataset(root, cfg.test_split, train=False, **ds_args)
-
-    ref = "aerial" if "aerial" in mods else max(mods, key=mc.token_grid)
-    head = SegmentationHead(
-        mc.embed_dim,
-        n_classes_of(task),
-        mc.token_grid(ref),
-        label_size,
-        feature_norm=cfg.feature_norm,
-    )
+    data = make_datasets(cfg, geometry)
+    head = build_head(cfg.head, mc, mods, n_classes_of(task), label_size, dim=cfg.head_dim,
+                      feature_norm=cfg.feature_norm)  # fmt: skip
     model = SegmentationModel(encoder, head, mods).to(device)
-    train_loader, val_loader = _loader(train_ds, cfg, True), _loader(val_ds, cfg, False)
-    warm_up = lambda: _warm_up(model, val_loader, task, device)  # noqa: E731
+    stream = BatchStream(_loader(data["train"], cfg, True))
+    val_loader = _loader(data["val"], cfg, False)
+    warm_up = lambda: _warm_up(model, val_loader, task, device, precision)  # noqa: E731
     compiled = compile_module(model, cfg.compile, device, warm_up)
-    history = train_phase(model, train_loader, val_loader, cfg, "probe", device)
+    probe = train_phase(model, stream, val_loader, cfg, "probe", device, precision=precision)
     ema = None
-    if cfg.use_ema and cfg.finetune_epochs > 0:
+    if cfg.use_ema and cfg.finetune_steps > 0:
         ema = copy.deepcopy(model)
         for p in ema.parameters():
             p.requires_grad_(False)
-    history += train_phase(model, train_loader, val_loader, cfg, "finetune", device, ema)
+    fine = train_phase(model, stream, val_loader, cfg, "finetune", device, ema,
+                       precision=precision, step0=probe.stopped_at)  # fmt: skip
+    last = fine if cfg.finetune_steps else probe
     final = ema if ema is not None else model
-    test = evaluate(final, _loader(test_ds, cfg, False), task, device)
-    val = evaluate(final, val_loader, task, device)
+    if last.best is not None:
+        final.load_state_dict(last.best)
+    test_loader = _loader(data["test"], cfg, False)
+    test = evaluate(final, test_loader, task, device, precision=precision)
+    val = evaluate(final, val_loader, task, device, precision=precision)
 
     out = Path(output_dir)
+    ref = "aerial" if "aerial" in mods else max(mods, key=mc.token_grid)
     save_finetuned(
         final,
         out / "finetuned.safetensors",
         {"task": task, "reference": ref, "geometry": geometry, "finetune": asdict(cfg)},
     )
+    floor = None
+    if cfg.baseline:
+        pixel_model, floor = run_baseline(
+            data["train_eval"], {"val": data["val"], "test": data["test"]}, task, mods,
+            label_size, seed=cfg.seed,
+        )  # fmt: skip
+        save_baseline(pixel_model, out / "baseline.safetensors")
     names = class_names(task)
+    presence, keep = data["presence"], data["keep"]
+    history = probe.history + fine.history
     results = {
         "task": task,
         "modalities": mods,
@@ -341,18 +453,32 @@ def run_finetune(
         "pretrained": bool(cfg.checkpoint),
         "config": asdict(cfg),
         "model": info,
+        "head": cfg.head,
         "device": str(device),
+        "precision": precision,
+        "threads": torch.get_num_threads(),
         "compiled": compiled,
-        "n_train_patches": len(train_ids),
-        "n_train_total": len(full_train),
-        "train_patch_ids": train_ids,
+        "n_train_patches": len(data["ids"]),
+        "n_train_total": data["n_total"],
+        "train_patch_ids": data["ids"],
         "classes_in_train_subset": [names[c] for c in np.flatnonzero(presence[keep].any(0))],
         "classes_in_full_train": [names[c] for c in np.flatnonzero(presence.any(0))],
+        "steps": {
+            "probe": probe.stopped_at,
+            "finetune": fine.stopped_at - probe.stopped_at,
+            "total": fine.stopped_at,
+            "selected": last.best_step if last.best is not None else last.stopped_at,
+        },
         "history": history,
+        "train_log": probe.log + fine.log,
         "val": val,
         "test": test,
         "test_miou": test["miou"],
         "test_oa": test["oa"],
+        "baseline": floor,
+        "baseline_test_miou": floor["test_miou"] if floor else None,
+        "data_seconds": stream.wait_s,
+        "compute_seconds": probe.compute_seconds + fine.compute_seconds,
         "seconds": time.perf_counter() - t_start,
     }
     save_results(out, results)
@@ -409,7 +535,12 @@ def _run_cli(args: argparse.Namespace) -> int:
     res = run_finetune(FinetuneConfig(**kw), args.output_dir, overwrite=args.overwrite)
     print(
         f"{res['task']} {'pretrained' if res['pretrained'] else 'scratch'}: "
-        f"test mIoU {res['test_miou']:.4f}, OA {res['test_oa']:.4f} "
-        f"({res['n_train_patches']} train patches) -> {Path(args.output_dir) / 'results.json'}"
+        f"test mIoU {res['test_miou']:.4f}, OA {res['test_oa']:.4f} after "
+        f"{res['steps']['total']} steps ({res['n_train_patches']} train patches)"
     )
+    if res["baseline"]:
+        b = res["baseline"]
+        print(f"floor (per-pixel logistic regression, same pixels): test mIoU "
+              f"{b['test_miou']:.4f}, OA {b['test_oa']:.4f}")  # fmt: skip
+    print(f"-> {Path(args.output_dir) / 'results.json'}")
     return 0

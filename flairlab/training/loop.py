@@ -6,8 +6,11 @@ Kept apart from `flairlab.training.pretrain` so that the loop itself reads top t
 from __future__ import annotations
 
 import csv
+import json
 import os
+import platform
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +48,137 @@ def cpu_budget() -> int:
     return n
 
 
+LOADAVG = Path("/proc/loadavg")  # "0.20 0.18 0.12 <running>/<total> <last pid>"
+
+
+def free_cpus(samples: int = 5) -> int:
+    """CPUs this process can use now: `cpu_budget()` minus the tasks already running on the
+    machine (the running-task count of /proc/loadavg, median of `samples` reads 20 ms apart,
+    without this process), at least 1. On a shared 2-core machine with 4 other runnable tasks a
+    nano fine-tuning step took 0.6 s with one torch thread and 4.9 s with two (threads waiting
+    for descheduled siblings); on an idle machine this is `cpu_budget()`."""
+    budget = cpu_budget()
+    counts = []
+    for i in range(samples):
+        try:
+            running = int(LOADAVG.read_text().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return budget
+        counts.append(running - 1)  # the reading process itself is running
+        if i + 1 < samples:
+            time.sleep(0.02)
+    return max(1, min(budget, budget - int(np.median(counts))))
+
+
+def set_threads(threads: int = 0) -> int:
+    """torch CPU threads: `threads` if > 0, else `free_cpus()` (capped by torch's default).
+    Returns the number set."""
+    n = threads if threads > 0 else min(torch.get_num_threads(), free_cpus())
+    torch.set_num_threads(n)
+    return n
+
+
 def resolve_precision(precision: str, accelerator: str) -> str:
+    """`auto` → bf16 autocast on CUDA GPUs that support it (else fp16), and on a CPU whichever of
+    fp32 and bf16 autocast `measure_cpu_precision` finds faster; other values are kept."""
     if precision != "auto":
         return precision
     if accelerator == "cuda" or (accelerator == "auto" and torch.cuda.is_available()):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_supports_bf16() else "32-true"
+    return measure_cpu_precision()["precision"]
+
+
+_PRECISION: dict[str, dict[str, Any]] = {}  # per process: machine key -> measurement
+
+
+def _machine_key() -> str:
+    """CPU model and torch version: what the precision measurement depends on."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
+    cpu = names[0] if names else platform.processor() or platform.machine()
+    return f"{cpu} | torch {torch.__version__}"
+
+
+def _precision_cache() -> Path:
+    base = os.environ.get("FLAIRLAB_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
+    return Path(base or Path.home() / ".cache") / "flairlab" / "precision.json"
+
+
+def _block_step_seconds(bf16: bool, parts: tuple, limit: float) -> float:
+    """Best of 2 forward + backward passes of the benchmark block (stops early past `limit` s)."""
+    block, embed, tokens, image = parts
+    best = float("inf")
+    for _ in range(2):
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = block(tokens).float().square().mean() + embed(image).float().square().mean()
+        loss.backward()
+        best = min(best, time.perf_counter() - t0)
+        if best > limit:
+            break
+    return best
+
+
+def measure_cpu_precision(refresh: bool = False) -> dict[str, Any]:
+    """Time one training step of a nano-sized model slice — a patch embedding (conv 16 px +
+    GroupNorm on a 4 × 128² px batch) and a transformer block (LayerNorm, attention, MLP; 96
+    wide, 4 × 280 tokens), forward + backward — in fp32 and under bf16 autocast, back to back
+    (5 pairs; the median of the pairwise ratios decides), on one thread: what decides is the
+    instruction set, and one thread is not thrown off by other jobs on a shared machine (two
+    threads waiting for each other were measured 3-10× off there). bf16 is picked only when it
+    is at least 1.25× faster (ratio ≤ 0.8; it also costs precision). ~2-3 s, cached per process
+    and in `~/.cache/flairlab/precision.json` (per CPU model and torch version;
+    `FLAIRLAB_CACHE_DIR` moves it).
+
+    On the AMD EPYC (AVX-512 BF16) of the project machines both take the same time → fp32; on
+    AVX2-only CPUs bf16 is emulated and ~10× slower → fp32; AMX CPUs → bf16.
+
+    Returns {"precision": "32-true" | "bf16-mixed", "fp32_ms", "bf16_ms" (medians),
+    "bf16_over_fp32", "key"}."""
+    key = _machine_key()
+    if not refresh and key in _PRECISION:
+        return _PRECISION[key]
+    path = _precision_cache()
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        stored = {}
+    if not refresh and isinstance(stored.get(key), dict) and "precision" in stored[key]:
+        _PRECISION[key] = stored[key]
+        return stored[key]
+    from flairlab.models.mae import PatchEmbed, Transformer
+
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng():  # leave the caller's random stream untouched
+        torch.manual_seed(0)
+        parts = (Transformer(96, 1, 3, 32, 192), PatchEmbed([[0, 1, 2, 3]], 16, 96),
+                 torch.randn(4, 280, 96, generator=g), torch.randn(4, 1, 4, 128, 128, generator=g))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _block_step_seconds(False, parts, 0.0)  # warm-up: kernels are created on the first call
+        _block_step_seconds(True, parts, 0.0)
+        pairs = []
+        for _ in range(5):  # back to back, so that both see the same machine load
+            fp32 = _block_step_seconds(False, parts, 1.0)
+            pairs.append((fp32, _block_step_seconds(True, parts, 3 * fp32)))
+    finally:
+        torch.set_num_threads(threads)
+    ratio = float(np.median([b / f for f, b in pairs]))
+    fp32, bf16 = float(np.median([f for f, _ in pairs])), float(np.median([b for _, b in pairs]))
+    result = {"precision": "bf16-mixed" if ratio <= 0.8 else "32-true",
+              "fp32_ms": 1e3 * fp32, "bf16_ms": 1e3 * bf16, "bf16_over_fp32": ratio,
+              "key": key}  # fmt: skip
+    _PRECISION[key] = result
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {**stored, key: result})
+    except OSError:
+        pass  # a read-only home: measured again in the next process
+    return result
 
 
 class EpochBatchSampler:

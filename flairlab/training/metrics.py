@@ -134,15 +134,22 @@ def evaluate(
     task: str,
     device: torch.device,
     max_steps: int = 0,
+    precision: str | None = None,
 ) -> dict:
-    """Epoch-accumulated metrics (mIoU over present classes, OA, per-class IoU/F1, confusion)."""
+    """Epoch-accumulated metrics (mIoU over present classes, OA, per-class IoU/F1, confusion)
+    and `loss`, the mean pixel cross-entropy over the labelled pixels."""
     model.eval()
     metrics = SegmentationMetrics(n_classes_of(task), class_names(task))
+    ce_sum, n_px = 0.0, 0
     for step, batch in enumerate(loader):
         if max_steps and step >= max_steps:
             break
         batch = to_device(batch, device)
-        with autocast(device):
+        with autocast(device, precision):
             logits = model(batch)
         metrics.update(logits.float(), batch[task])
-    return metrics.compute()
+        labelled = int((batch[task] != IGNORE_INDEX).sum())
+        if labelled:
+            ce_sum += float(segmentation_loss(logits, batch[task])) * labelled
+            n_px += labelled
+    return {**metrics.compute(), "loss": ce_sum / n_px if n_px else float("nan")}

@@ -53,12 +53,12 @@ from flairlab.training.loop import (
     EpochBatchSampler,
     MetricLog,
     collate_fn,
-    cpu_budget,
     cpu_supports_bf16,
     resolve_precision,
     rng_state,
     set_epoch,
     set_rng_state,
+    set_threads,
     step_seed,
 )
 from flairlab.training.pretrain_config import (
@@ -124,10 +124,7 @@ def pretrain(
     `checkpoints/step_*/` (see flairlab.models.checkpoint), `summary.json`."""
     cfg = config if isinstance(config, PretrainConfig) else PretrainConfig.from_dict(config)
     tc = cfg.train
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    elif torch.get_num_threads() > cpu_budget():  # e.g. a cgroup quota below the core count
-        torch.set_num_threads(cpu_budget())
+    set_threads(tc.threads)  # 0: the free cores (affinity, cgroup quota, other running jobs)
     fabric = make_fabric(tc)
     out = Path(cfg.output_dir)
     ckpt_root = out / "checkpoints"
@@ -163,7 +160,7 @@ def pretrain(
         raise DataError("train.grad_accum", expected=f"≤ {sampler.per_epoch} (batches per epoch)",
                         found=tc.grad_accum)  # fmt: skip
     sampler.per_epoch = steps_per_epoch * tc.grad_accum  # no partial accumulation at epoch end
-    total = steps_per_epoch * tc.epochs
+    total = tc.steps or steps_per_epoch * tc.epochs
     sched = one_cycle_scheduler(opt, total, tc.final_factor, tc.warmup_frac)
 
     step = 0
@@ -243,7 +240,7 @@ def pretrain(
     summary = {
         "step": step,
         "total_steps": total,
-        "epochs": tc.epochs,
+        "epochs": total / steps_per_epoch,
         "world_size": world,
         "precision": resolve_precision(tc.precision, tc.accelerator),
         "device": str(fabric.device),
