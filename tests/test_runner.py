@@ -386,7 +386,11 @@ def test_ctrl_c_stops_the_kernel_and_leaves_a_record(tmp_path: Path) -> None:
         time.sleep(0.2)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=40)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired as timeout:
+        proc.kill()
+        pytest.fail(f"the runner did not stop within 60 s of Ctrl-C; stderr:\n{timeout.stderr}")
     assert proc.returncode == 130, err[-2000:]
     (run,) = runs.glob("*-slow")
     status = json.loads((run / "status.json").read_text())
@@ -466,3 +470,19 @@ def test_progress_text_reads_the_saved_widget_state() -> None:
         "band statistics:  50%|█████     | 20/40 [00:02<00:02, 9.9patch/s]"
     )
     assert progress_text(states, "other") is None and progress_text(states, "missing") is None
+
+
+def test_a_kernel_ignoring_sigterm_is_killed_after_the_grace_period() -> None:
+    import sys
+
+    from flairlab.runs.runner import _running, _stop_processes
+
+    code = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print(1, flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "1"  # the handler is installed
+    _stop_processes([proc.pid], grace_s=0.5)
+    assert proc.wait(timeout=10) == -9  # SIGKILL: SIGTERM was ignored
+    assert not _running(proc.pid)

@@ -142,15 +142,40 @@ def _execute(pm: Any, nb: Path, executed: Path, params: dict[str, Any], **kwargs
         while worker.is_alive():
             worker.join(0.2)
     except KeyboardInterrupt:
-        for km in km_class.live:
-            pid = getattr(getattr(km, "provisioner", None), "pid", None)
-            if pid:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGTERM)
+        pids = [getattr(getattr(km, "provisioner", None), "pid", None) for km in km_class.live]
+        _stop_processes([pid for pid in pids if pid])
         worker.join(30)  # papermill writes the notebook as far as it ran
         raise
     if "error" in box:
         raise box["error"]
+
+
+def _stop_processes(pids: list[int], grace_s: float = 3.0) -> None:
+    """SIGTERM, then SIGKILL what still runs after `grace_s` (a kernel busy in C code, or one
+    that ignores SIGTERM, would otherwise outlive the run and hold its output pipes open)."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while pids and time.monotonic() < deadline:
+        pids = [pid for pid in pids if _running(pid)]
+        time.sleep(0.05)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (Linux /proc; elsewhere: it exists)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return not Path("/proc").is_dir()
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _finish_notebook(executed: Path, trust: bool) -> None:
