@@ -377,7 +377,14 @@ def test_ctrl_c_stops_the_kernel_and_leaves_a_record(tmp_path: Path) -> None:
         "--runs-dir",
         str(runs),
     ]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default: a test run started in the background (`make test &`) inherits
+    # an ignored SIGINT, and Python then installs no KeyboardInterrupt handler
+    proc = subprocess.Popen(
+        cmd,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # wait until the sleeping cell runs
         executed = list(runs.glob("*-slow/s.ipynb"))
