@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	# JupyterLab works offline: no news prompt, no update check (settings defaults of this venv)
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	cp binder/jupyterlab-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	touch $(STAMP)
 
 # Debian's chromium for the headless-browser tests (no browser download); needs root or sudo

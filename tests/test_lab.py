@@ -367,6 +367,7 @@ def open_in_lab(url: str, name: str, needs: dict[str, int], shot: Path) -> dict:
             page.wait_for_timeout(1000)
         page.wait_for_timeout(1500)
         found["text"] = page.locator(".jp-NotebookPanel").inner_text()
+        found["news_prompt"] = page.get_by_text("official Jupyter news").count()
         page.screenshot(path=str(shot), full_page=True)
     return {**found, "console": log["console"], "failed_requests": log["failed"],
             "external_requests": external(log["requests"])}  # fmt: skip
@@ -386,6 +387,8 @@ def test_executed_run_renders_as_opened(lab, executed_run: Path, tmp_path: Path,
     assert not raw, f"text stand-ins instead of widgets or finished bars: {raw}\n{info}"
     assert res["static_twins"] == 0, "PNG twins shown next to live bokeh plots"
     assert not res["external_requests"], f"requests leaving the machine: {res['external_requests']}"
+    # the environment's settings (Makefile, binder/postBuild) turn JupyterLab's news prompt off
+    assert res["news_prompt"] == 0, "JupyterLab asks about news although it must stay offline"
     keep(tmp_path / "opened.png", f"run_{step}")
 
 
