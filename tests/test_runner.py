@@ -493,3 +493,21 @@ def test_a_kernel_ignoring_sigterm_is_killed_after_the_grace_period() -> None:
     _stop_processes([proc.pid], grace_s=0.5)
     assert proc.wait(timeout=10) == -9  # SIGKILL: SIGTERM was ignored
     assert not _running(proc.pid)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="Unix-socket kernels on POSIX only")
+def test_kernels_talk_over_private_unix_sockets(tmp_path: Path) -> None:
+    """No open TCP ports (and no "running over TCP without encryption" warning on every step);
+    the socket folder is removed with the kernel."""
+    import sys
+    import tempfile
+
+    write_nb(tmp_path / "s.ipynb", 'output_dir: str = "o"  # out', "print(6 * 7)")
+    (tmp_path / "p.yaml").write_text("name: ipc\nsteps:\n  - notebook: s.ipynb\n")
+    before = set(Path(tempfile.gettempdir()).glob("flairlab-kernel-*"))
+    cmd = [sys.executable, "-m", "flairlab.runs.runner", str(tmp_path / "p.yaml"),
+           "--runs-dir", str(tmp_path / "runs")]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "over TCP" not in done.stderr, done.stderr
+    assert set(Path(tempfile.gettempdir()).glob("flairlab-kernel-*")) == before

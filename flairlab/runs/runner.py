@@ -35,6 +35,7 @@ import re
 import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -117,7 +118,16 @@ def _kernel_manager_class() -> type:
 
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(**kwargs)
+            self._ipc_folder = None
+            if os.name == "posix":  # Unix sockets in a private folder instead of open TCP ports
+                self._ipc_folder = tempfile.mkdtemp(prefix="flairlab-kernel-")
+                self.transport, self.ip = "ipc", os.path.join(self._ipc_folder, "ipc")
             TrackedKernelManager.live.append(self)
+
+        async def _async_cleanup_resources(self, restart: bool = False) -> None:
+            await super()._async_cleanup_resources(restart=restart)
+            if not restart and self._ipc_folder:
+                shutil.rmtree(self._ipc_folder, ignore_errors=True)
 
     return TrackedKernelManager
 
