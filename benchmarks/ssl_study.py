@@ -212,7 +212,11 @@ def main() -> int:
                 res = finetune_arm(arm, fraction, seed, root, work, checkpoints, args)
                 runs[arm][fraction].append(res)
     diag = diagnostics(root, checkpoints, work)
-    write_report(runs, pre, diag, seeds, args, time.perf_counter() - t_start)
+    spent = work / "seconds.json"  # summed over the invocations of an interrupted study
+    earlier = json.loads(spent.read_text())["seconds"] if spent.exists() else 0.0
+    seconds = earlier + time.perf_counter() - t_start
+    write_json_atomic(spent, {"seconds": seconds})
+    write_report(runs, pre, diag, seeds, args, seconds)
     return 0
 
 

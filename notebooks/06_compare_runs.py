@@ -123,7 +123,7 @@ results_file = save_results(output_dir, {
 # %% [markdown]
 # ## 5 · The pre-training study (committed result)
 #
-# Made by `benchmarks/ssl_study.py` (command and commit below); each dot is one seed, lines join the runs that shared a labelled subset, the dashed line is the floor (per-pixel logistic regression on the same pixels). "> 2 std": the difference of the means exceeds twice the larger standard deviation over seeds.
+# Made by `benchmarks/ssl_study.py` (command and commit below); each dot is one seed, lines join the runs that shared a labelled subset, the dashed line is the floor (per-pixel logistic regression on the same pixels). "> 2 std": the paired differences to scratch (same seed, hence the same labelled subset) have a mean above twice their standard deviation.
 
 # %%
 from pathlib import Path

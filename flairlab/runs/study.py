@@ -95,7 +95,8 @@ def plot_study(study: dict[str, Any], floors: dict[str, list[float]] | None = No
 
     arms = study["arms"]
     fractions = list(next(iter(arms.values())))
-    fig, axes = plt.subplots(1, len(fractions), figsize=(4.6 * len(fractions), 3.8), sharey=True,
+    # own y range per panel: at 100 % of the labels the arms differ by thousandths
+    fig, axes = plt.subplots(1, len(fractions), figsize=(4.6 * len(fractions), 4.0),
                              squeeze=False)  # fmt: skip
     names = list(arms)
     for ax, f in zip(axes[0], fractions, strict=True):
@@ -110,13 +111,16 @@ def plot_study(study: dict[str, Any], floors: dict[str, list[float]] | None = No
                         fontsize=8)  # fmt: skip
         if floors and f in floors:
             ax.axhline(np.mean(floors[f]), color="tab:red", ls="--", lw=1,
-                       label="floor: per-pixel logistic regression")  # fmt: skip
-            ax.legend(fontsize=8, loc="lower right")
+                       label="floor: per-pixel logistic regression (mean over seeds)")  # fmt: skip
         ax.set_xticks(range(len(names)), [ARM_LABELS.get(a, a).replace(" ", "\n", 1)
                                           for a in names], fontsize=8)  # fmt: skip
         ax.set_title(f"{float(f):.0%} of the labelled training patches", fontsize=10)
         ax.grid(alpha=0.3, axis="y")
-    axes[0, 0].set_ylabel(f"{study['metric'].replace('_', ' ')} (each seed; mean ± std)")
+    metric = study["metric"].replace("_", " ").replace("miou", "mIoU")
+    axes[0, 0].set_ylabel(f"{metric} (circles: seeds; squares: mean ± std)")
     fig.suptitle(f"Pre-training study · commit {study['commit'][:10]}", fontsize=10)
-    fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:  # below the panels, where it hides no seed
+        fig.legend(handles, labels, loc="lower center", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
     return fig
