@@ -171,4 +171,7 @@ def test_notebook_06_through_the_runner(runs: Path, tmp_path: Path) -> None:
         "fusion_modes",
         "label_efficiency",
         "mae_vs_contrastive",
+        "ssl_study",  # the committed pre-training study (benchmarks/reported/ssl_study.json)
     }
+    committed = json.loads((ROOT / "benchmarks" / "reported" / "ssl_study.json").read_text())
+    assert out["ssl_study"] == committed["arms"] and out["ssl_study_steps"] == committed["steps"]
