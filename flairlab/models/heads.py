@@ -71,6 +71,18 @@ def tokens_on_grid(features: dict[str, Tensor], grid: int) -> Tensor:
     return torch.cat(stacks, dim=3)
 
 
+def pool_cells(
+    features: dict[str, Tensor], grid: int, pool: nn.Module, feature_norm: nn.Module | None
+) -> Tensor:
+    """Every modality's and date's token at each cell of the grid, (optionally) normalised and
+    attentive-pooled into one vector: -> (B, grid, grid, E). Shared by the segmentation heads."""
+    t = tokens_on_grid(features, grid)  # (B, G, G, K, E)
+    B, G, _, K, E = t.shape
+    if feature_norm is not None:
+        t = feature_norm(t.reshape(-1, E)).view(B, G, G, K, E)
+    return pool(t.reshape(B * G * G, K, E)).view(B, G, G, E)
+
+
 class SegmentationHead(nn.Module):
     """Token maps -> per-pixel logits (B, n_classes, out_size, out_size).
 
@@ -97,12 +109,8 @@ class SegmentationHead(nn.Module):
         self.proj = nn.Linear(embed_dim, n_classes * self.p * self.p)
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
-        t = tokens_on_grid(features, self.grid)  # (B, G, G, K, E)
-        B, G, _, K, E = t.shape
-        if self.feature_norm is not None:
-            t = self.feature_norm(t.reshape(-1, E)).view(B, G, G, K, E)
-        pooled = self.pool(t.reshape(B * G * G, K, E))  # (B·G·G, E)
-        logits = self.proj(pooled).view(B, G, G, -1).permute(0, 3, 1, 2)  # (B, n·p², G, G)
+        pooled = pool_cells(features, self.grid, self.pool, self.feature_norm)  # (B, G, G, E)
+        logits = self.proj(pooled).permute(0, 3, 1, 2)  # (B, n·p², G, G)
         return F.pixel_shuffle(logits, self.p)  # (B, n, G·p, G·p)
 
 
@@ -161,11 +169,8 @@ class UpsampleHead(nn.Module):
                                  nn.Conv2d(dim, n_classes, 1))  # fmt: skip
 
     def forward(self, features: dict[str, Tensor], inputs: dict) -> Tensor:
-        t = tokens_on_grid(features, self.grid)  # (B, G, G, K, E)
-        B, G, _, K, E = t.shape
-        if self.feature_norm is not None:
-            t = self.feature_norm(t.reshape(-1, E)).view(B, G, G, K, E)
-        pooled = self.pool(t.reshape(B * G * G, K, E)).view(B, G, G, E).permute(0, 3, 1, 2)
+        pooled = pool_cells(features, self.grid, self.pool, self.feature_norm)
+        pooled = pooled.permute(0, 3, 1, 2)  # (B, E, G, G)
         S = self.out_size
         ctx = F.interpolate(self.context(pooled), size=(S, S), mode="bilinear",
                             align_corners=False)  # fmt: skip
