@@ -70,8 +70,7 @@ class ExplorePlot:
         load_bokeh()  # BokehJS once per notebook (a no-op after `setup_plots`)
         data, meta = self.hv._repr_mimebundle_()
         if "text/html" in data:  # the PNG stays where scripts do not run (untrusted, GitHub)
-            title = getattr(self.fig, "_suptitle", None)
-            alt = title.get_text() if title is not None else "static figure"
+            alt = self.fig.get_suptitle() or "static figure"
             data = {**data, "text/html": html_with_static_twin(data["text/html"],
                                                                self.png_bytes(), alt)}
         publish_display_data(data, meta)

@@ -252,6 +252,12 @@ def zone_overlays(
     return out
 
 
+def zone_scores(result: Any) -> str | None:
+    """"OA …, mIoU …" of a zone's prediction, or None without ground truth."""
+    m = result.metrics or {}
+    return f"OA {m['oa']:.3f}, mIoU {m['miou']:.3f}" if m.get("oa") is not None else None
+
+
 def zone_info(
     result: Any, checkpoint: str | Path | None = None, modalities: Sequence[str] = ()
 ) -> tuple[str, dict[str, str]]:
@@ -269,10 +275,10 @@ def zone_info(
         rows["model"] = "untrained (fresh weights): a pipeline check, its map is noise"
     if modalities:
         rows["inputs"] = ", ".join(modalities)
-    m = result.metrics or {}
-    if m.get("oa") is not None:
-        rows["metrics"] = (f"OA {m['oa']:.3f}, mIoU {m['miou']:.3f} on "
-                           f"{m.get('n_evaluated_px', 0):,} labelled pixels")  # fmt: skip
+    scores = zone_scores(result)
+    if scores:
+        n_px = (result.metrics or {}).get("n_evaluated_px", 0)
+        rows["metrics"] = f"{scores} on {n_px:,} labelled pixels"
     else:
         rows["metrics"] = "no ground truth in this zone"
     return f"{result.zone}: prediction vs ground truth", rows
@@ -445,8 +451,8 @@ def plot_zone(result: Any, *, max_pixels: int = 1_000_000, catalog: Catalog | No
         fontsize=8,
         frameon=False,
     )
-    m = result.metrics or {}
-    scores = f" · OA {m['oa']:.3f}, mIoU {m['miou']:.3f}" if m.get("oa") is not None else ""
-    fig.suptitle(f"{result.zone}: {len(result.patch_ids)} patch(es){scores}")
+    scores = zone_scores(result)
+    fig.suptitle(f"{result.zone}: {len(result.patch_ids)} patch(es)"
+                 + (f" · {scores}" if scores else ""))  # fmt: skip
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return fig

@@ -333,6 +333,7 @@ def predict(
     label_col = LABEL_MODALITY.get(nomenclature)
     zones = group_by_zone(patch_ids)
     inputs = [cat.modality(m).name for m in modalities] if batches_for is None else []
+    used = ["AERIAL_RGBI", *inputs, *([label_col] if label_col else [])]
     geo_by_zone = {}
     for pids in zones.values():  # all checks before anything is written
         rows = index.loc[pids]
@@ -346,7 +347,6 @@ def predict(
                 path=root,
             )
         for pid in pids:
-            used = ["AERIAL_RGBI", *inputs, *([label_col] if label_col else [])]
             check_patch_files(pid, rows.loc[pid], used, cat, witnesses=cat.modality_names)
         geo_by_zone[tuple(pids)] = {pid: read_patch_geo(p) for pid, p in geo_paths.items()}
     start_run(out_dir, overwrite)
@@ -418,8 +418,8 @@ def load_segmentation_model(
     mods = list(modalities)
     encoder, _ = segmodel.build_encoder(None, mods, size=size, image_size=image_size)
     mc = encoder.config
-    ref = "aerial" if "aerial" in mods else max(mods, key=mc.token_grid)
-    head = SegmentationHead(mc.embed_dim, segmodel.n_classes_of(task), mc.token_grid(ref), out_size)
+    grid = mc.token_grid(segmodel.reference_modality(mc, mods))
+    head = SegmentationHead(mc.embed_dim, segmodel.n_classes_of(task), grid, out_size)
     model = segmodel.SegmentationModel(encoder, head, mods).to(dev).eval()
 
     def predict_fn(batch: dict[str, Any]) -> torch.Tensor:

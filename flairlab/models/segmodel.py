@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,13 @@ class SegmentationModel(nn.Module):
         return self.head(self.features(batch, frozen))
 
 
+def reference_modality(config: Any, modalities: Iterable[str]) -> str:
+    """The modality whose token grid the heads and the label grid follow: aerial when it is an
+    input, else the one with the finest token grid."""
+    mods = list(modalities)
+    return "aerial" if "aerial" in mods else max(mods, key=config.token_grid)
+
+
 def build_head(
     kind: str,
     config: Any,
@@ -72,8 +80,7 @@ def build_head(
     it is an input, else the finest token grid. `kind`: "upsample" (`UpsampleHead`, width `dim`)
     or "attentive" (MAESTRO's `SegmentationHead`)."""
     mods = list(modalities)
-    ref = "aerial" if "aerial" in mods else max(mods, key=config.token_grid)
-    grid = config.token_grid(ref)
+    grid = config.token_grid(reference_modality(config, mods))
     if kind == "attentive":
         return SegmentationHead(config.embed_dim, n_classes, grid, label_size,
                                 feature_norm=feature_norm)  # fmt: skip

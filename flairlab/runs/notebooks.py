@@ -17,6 +17,7 @@ import ast
 import html
 import io
 import tokenize
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,13 +219,19 @@ def output_problems(nb: nbformat.NotebookNode) -> list[str]:
     return problems
 
 
+def code_outputs(nb: nbformat.NotebookNode) -> Iterator[tuple[int, nbformat.NotebookNode]]:
+    """`(cell index, output)` for every output of every code cell."""
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            for out in cell.get("outputs", []):
+                yield i, out
+
+
 def error_outputs(nb: nbformat.NotebookNode) -> list[tuple[int, str, str]]:
     """`(cell index, ename, evalue)` of every error output in an executed notebook."""
     return [
         (i, out.get("ename", ""), out.get("evalue", ""))
-        for i, cell in enumerate(nb.cells)
-        if cell.cell_type == "code"
-        for out in cell.get("outputs", [])
+        for i, out in code_outputs(nb)
         if out.get("output_type") == "error"
     ]
 
@@ -232,12 +239,7 @@ def error_outputs(nb: nbformat.NotebookNode) -> list[tuple[int, str, str]]:
 def count_images(nb: nbformat.NotebookNode) -> int:
     """Number of `image/png` / `image/jpeg` / `image/svg+xml` outputs (rendered figures)."""
     kinds = ("image/png", "image/jpeg", "image/svg+xml")
-    return sum(
-        any(k in out.get("data", {}) for k in kinds)
-        for cell in nb.cells
-        if cell.cell_type == "code"
-        for out in cell.get("outputs", [])
-    )
+    return sum(any(k in out.get("data", {}) for k in kinds) for _, out in code_outputs(nb))
 
 
 def export_html(ipynb: str | Path, html: str | Path | None = None) -> Path:
@@ -305,13 +307,12 @@ def finish_progress_bars(nb: nbformat.NotebookNode) -> int:
     "0%", and which JupyterLab shows as a disconnected widget — by the text of its final state
     (`progress_text`); returns how many were replaced."""
     states, n = _widget_states(nb), 0
-    for cell in nb.cells:
-        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
-            view = out.get("data", {}).get(WIDGET_VIEW)
-            text = progress_text(states, view.get("model_id", "")) if view else None
-            if text is not None:
-                out["data"] = nbformat.from_dict({"text/plain": text})
-                n += 1
+    for _, out in code_outputs(nb):
+        view = out.get("data", {}).get(WIDGET_VIEW)
+        text = progress_text(states, view.get("model_id", "")) if view else None
+        if text is not None:
+            out["data"] = nbformat.from_dict({"text/plain": text})
+            n += 1
     return n
 
 
@@ -320,11 +321,10 @@ def drop_duplicate_scripts(nb: nbformat.NotebookNode) -> int:
     own load MIME type; keep the standard one (JupyterLab, VS Code and nbconvert all run it).
     Returns the number of characters removed."""
     removed = 0
-    for cell in nb.cells:
-        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
-            data = out.get("data", {})
-            if HOLOVIEWS_LOAD in data and data.get(JAVASCRIPT) == data[HOLOVIEWS_LOAD]:
-                removed += len(data.pop(HOLOVIEWS_LOAD))
+    for _, out in code_outputs(nb):
+        data = out.get("data", {})
+        if HOLOVIEWS_LOAD in data and data.get(JAVASCRIPT) == data[HOLOVIEWS_LOAD]:
+            removed += len(data.pop(HOLOVIEWS_LOAD))
     return removed
 
 

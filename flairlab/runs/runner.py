@@ -273,20 +273,22 @@ def execute_plan(
         _say(f"[{i + 1}/{len(steps)}] {name} ...")
         t0 = time.perf_counter()
         try:
-            _execute(
-                pm,
-                nb,
-                executed,
-                params,
-                kernel_name="python3",
-                cwd=str(nb.parent),
-                progress_bar=progress,
-                log_output=log_output,
-                request_save_on_cell_execute=True,
-                execution_timeout=pipe.cell_timeout_s,
-            )
+            try:
+                _execute(
+                    pm,
+                    nb,
+                    executed,
+                    params,
+                    kernel_name="python3",
+                    cwd=str(nb.parent),
+                    progress_bar=progress,
+                    log_output=log_output,
+                    request_save_on_cell_execute=True,
+                    execution_timeout=pipe.cell_timeout_s,
+                )
+            finally:  # failed and interrupted notebooks too, before their error is read
+                _finish_notebook(executed, trust)
         except KeyboardInterrupt as err:
-            _finish_notebook(executed, trust)
             rec.update(status="interrupted", duration_s=round(time.perf_counter() - t0, 2))
             status.update(status="interrupted", error=_error_record(err, name, nb, executed))
             for later in status["steps"][i + 1 :]:
@@ -296,7 +298,6 @@ def execute_plan(
             err.run_dir = run_dir  # for the sweep index
             raise
         except Exception as err:  # the notebook failed: record everything, stop this run
-            _finish_notebook(executed, trust)
             rec.update(status="failed", duration_s=round(time.perf_counter() - t0, 2))
             status.update(status="failed", error=_error_record(err, name, nb, executed))
             result = RunResult(run_dir, "failed", name)
@@ -305,7 +306,6 @@ def execute_plan(
                 f"{status['error']['evalue']}\n  see {executed}"
             )
             break
-        _finish_notebook(executed, trust)
         rec.update(status="ok", duration_s=round(time.perf_counter() - t0, 2), finished=utc_iso())
         rec["slowest_cells"] = slowest_cells(executed)
         write_json_atomic(run_dir / "status.json", status)

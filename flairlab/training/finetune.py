@@ -65,12 +65,13 @@ from flairlab.models.segmodel import (
     class_names,
     n_classes_of,
     pick_device,
+    reference_modality,
     save_finetuned,
     to_device,
 )
 from flairlab.training.baseline import run_baseline, save_baseline
 from flairlab.training.compiling import compile_module, compile_setting
-from flairlab.training.loop import resolve_precision, set_threads
+from flairlab.training.loop import resolve_precision, set_epoch, set_threads
 from flairlab.training.metrics import SegmentationMetrics, evaluate, segmentation_loss
 from flairlab.training.schedules import ema_momentum_at, ema_update, one_cycle_scheduler
 
@@ -221,8 +222,7 @@ class BatchStream:
         t0 = time.perf_counter()
         while True:
             if self._it is None:
-                if hasattr(self.loader.dataset, "set_epoch"):
-                    self.loader.dataset.set_epoch(self.epoch)
+                set_epoch(self.loader.dataset, self.epoch)
                 self._it = iter(self.loader)
             try:
                 batch = next(self._it)
@@ -429,7 +429,7 @@ def run_finetune(
     val = evaluate(final, val_loader, task, device, precision=precision)
 
     out = Path(output_dir)
-    ref = "aerial" if "aerial" in mods else max(mods, key=mc.token_grid)
+    ref = reference_modality(mc, mods)
     save_finetuned(
         final,
         out / "finetuned.safetensors",

@@ -256,11 +256,11 @@ def build_dataset(cfg: PretrainConfig, split: str | None = None, train: bool = T
     from flairlab.data.synthetic_tensors import is_synthetic, open_dataset
 
     cat = load_catalog()
-    root = cat.source_root(cfg.data.source) if cfg.data.source in cat.sources else cfg.data.source
-    if cfg.data.source in cat.sources:  # a source name: the dataset resolves it, and a generated
+    root = cfg.data.source
+    if root in cat.sources:  # a source name: the dataset resolves it, and a generated
         from flairlab.data.sources import ensure_source  # one (the sample, its store) is made
 
-        root = ensure_source(cfg.data.source, cat)
+        root = ensure_source(root, cat)
     mods = cfg.model.modalities
     cached = cfg.data.cache and not is_synthetic(root)
     ds = (CachedFlairHubDataset if cached else open_dataset)(

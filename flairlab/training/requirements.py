@@ -25,7 +25,7 @@ from flairlab.models.flops import peak_bf16_flops, segmentation_flops, unit_toke
 from flairlab.models.heads import SegmentationHead
 from flairlab.models.mae import MAE
 from flairlab.models.mae_config import MAEConfig
-from flairlab.models.segmodel import n_classes_of
+from flairlab.models.segmodel import n_classes_of, reference_modality
 
 ACTIVATION_BYTES_PER_TOKEN_WIDTH = 34  # per transformer block, bf16 + fused attention
 TRAINED_BYTES_PER_PARAMETER = 4 + 8 + 4  # gradient, AdamW m and v, EMA copy (fp32)
@@ -110,8 +110,7 @@ def estimate(
 ) -> Requirements:
     """Requirements of fine-tuning `config` on `n_train` patches (see the module docstring)."""
     n_classes = n_classes_of(task)
-    ref = "aerial" if "aerial" in modalities else max(modalities, key=config.token_grid)
-    grid = config.token_grid(ref)  # the head's reference grid, as in fine-tuning
+    grid = config.token_grid(reference_modality(config, modalities))  # as in fine-tuning
     with torch.device("meta"):  # shapes only: no memory, no compute
         model = MAE(config)
         head = SegmentationHead(config.embed_dim, n_classes, grid, label_size)
