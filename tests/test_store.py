@@ -355,3 +355,18 @@ print(tuple(item["aerial"].shape), tuple(item["s2"].shape), tuple(item["cosia"].
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split("\n")[-2] == "(1, 4, 64, 64) (2, 10, 10, 10) (64, 64)"
+
+
+def test_pack_records_split_csvs_given_as_globs_and_lists(sample_root: Path):
+    """Every split CSV a catalog source names — file, glob or a list of them — is recorded with
+    the store's source files (a change to any of them makes the store stale)."""
+    from flairlab.data.pack import _metadata_files
+
+    cat = load_catalog()
+    source = cat.sources["sample"].model_copy(
+        update={"splits": {"train": ["FLAIR-HUB_*TRAIN.csv"], "valid": "*_VALID.csv"}}
+    )
+    cat = cat.model_copy(update={"sources": {**cat.sources, "sample": source}})
+    index = dataset_index(sample_root, cat)
+    files = _metadata_files(sample_root, ["AERIAL_RGBI"], index, cat)
+    assert {"FLAIR-HUB_TOY-DATASET_TRAIN.csv", "FLAIR-HUB_TOY-DATASET_VALID.csv"} <= set(files)

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from flairlab.data.catalog import Catalog, load_catalog
 from flairlab.data.errors import DataError
+from flairlab.data.index import split_csvs
 from flairlab.data.store import (
     DATE_FILL,
     FORMAT,
@@ -314,8 +315,9 @@ def _metadata_files(root: Path, names: list[str], index: pd.DataFrame, cat: Cata
     rels.add(f"{cat.metadata_dir}/{cat.split_gpkg}")
     csv = index.attrs.get("split_csv")
     rels |= {Path(csv).name} if csv else set()
-    for src in cat.sources.values():
-        rels |= {v for v in src.splits.values() if (root / v).is_file()}
+    for src in cat.sources.values():  # file names or glob patterns, one or a list per split
+        for paths in split_csvs(root, src.splits).values():
+            rels |= {p.relative_to(root).as_posix() for p in paths}
     out = {}
     for rel in sorted(rels):
         if (root / rel).is_file():
