@@ -412,7 +412,7 @@ def _prepare(url: str, manifest: dict, specs: list[ArraySpec], days: dict, codec
     return False
 
 
-def _valid_markers(url: str, pids: list[str], index: pd.DataFrame, names: list[str]) -> dict:
+def _valid_markers(url: str, pids: list[str], files: dict[str, dict[str, str | None]]) -> dict:
     """Markers of patches already packed whose source files are unchanged (resume)."""
     fs, path = filesystem(url)
     try:
@@ -428,16 +428,16 @@ def _valid_markers(url: str, pids: list[str], index: pd.DataFrame, names: list[s
             pid = m["patch_id"]
         except (ValueError, KeyError, TypeError):  # a marker cut short: the patch is re-packed
             continue
-        if row.get(pid) != m.get("row") or not _unchanged(m, index.loc[pid], names):
+        if row.get(pid) != m.get("row") or not _unchanged(m, files[pid]):
             continue
         out[pid] = m
     return out
 
 
-def _unchanged(marker: dict, cells: pd.Series, names: list[str]) -> bool:
-    for name in names:
-        rec, path = marker["files"].get(name), cells[name]
-        if (rec is None) != pd.isna(path):
+def _unchanged(marker: dict, files: dict[str, str | None]) -> bool:
+    for name, path in files.items():
+        rec = marker["files"].get(name)
+        if (rec is None) != (path is None):
             return False
         if rec is not None:
             try:
@@ -537,10 +537,12 @@ def pack(
         "metadata_files": _metadata_files(root, names, index, cat),
     }  # fmt: skip
     resumed = _prepare(url, manifest, specs, days, codec, overwrite)
-    done = _valid_markers(url, pids, index, names) if resumed else {}
+    # {patch: {modality: file or None}}, read from the index once (cell lookups: ~40 s at 241 k)
+    files = {pid: {n: None if pd.isna(v) else str(v) for n, v in row.items()}
+             for pid, row in index[names].astype(object).to_dict("index").items()}  # fmt: skip
+    done = _valid_markers(url, pids, files) if resumed else {}
     tasks = [
-        PatchTask(url, i, pid, {n: None if pd.isna(index.at[pid, n]) else str(index.at[pid, n])
-                                for n in names},
+        PatchTask(url, i, pid, files[pid],
                   {n: len(days[n][i]) for n in names if cat.modality(n).time_series},
                   tuple(specs))
         for i, pid in enumerate(pids) if pid not in done
