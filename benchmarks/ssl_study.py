@@ -33,7 +33,6 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # a log file, not a terminal
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 
 from flairlab.data.results import write_json_atomic
+from flairlab.runs.provenance import git_info
 from flairlab.training.finetune import FinetuneConfig, run_finetune
 from flairlab.training.pretrain_config import preset_config
 
@@ -169,11 +169,6 @@ def diagnostics(root: Path, checkpoints: dict[str, str], work: Path) -> dict[str
     return out
 
 
-def summarise(vals: list[float]) -> tuple[float, float]:
-    a = np.asarray(vals, float)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", default=str(REPO / "data" / "flairhub-toy250"))
@@ -222,14 +217,8 @@ def main() -> int:
 
 def git_commit() -> str:
     """HEAD, with `+dirty` when tracked files differ from it."""
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()  # fmt: skip
-
-    try:
-        return git("rev-parse", "HEAD") + ("+dirty" if git("status", "--porcelain", "-uno") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    info = git_info(REPO)
+    return "unknown" if info is None else info["commit"] + ("+dirty" if info["dirty"] else "")
 
 
 def write_report(runs, pre, diag, seeds, args, seconds: float) -> None:

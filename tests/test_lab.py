@@ -297,8 +297,7 @@ def test_notebook_renders_in_jupyterlab(lab, tmp_path: Path, name: str) -> None:
         assert "application/vnd.jupyter.widget-view+json" in mimes
     if needs.get("bokeh_roots"):
         assert any("holoviews" in m or "bokeh" in m for m in mimes), mimes
-    if os.environ.get("FLAIRLAB_KEEP_SCREENSHOT"):
-        shutil.copy(tmp_path / "lab.png", f"{os.environ['FLAIRLAB_KEEP_SCREENSHOT']}_{name}.png")
+    keep(tmp_path / "lab.png", name)
 
 
 # -- executed runs, opened as they are ------------------------------------------------------------
